@@ -1,0 +1,85 @@
+"""Orbax checkpoints of the train state: keep N, asynchronous, atomic.
+
+Orbax writes each step into a temporary folder and renames it when complete, so a
+checkpoint cut short by a kill is never restored. All hosts take part in a save
+(each writes its own shards).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+class Checkpointer:
+    def __init__(self, directory: str, max_to_keep: int = 3, asynchronous: bool = True):
+        self.directory = os.path.abspath(directory)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            create=True,
+            enable_async_checkpointing=asynchronous,
+            cleanup_tmp_directories=True,
+        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, state: Any, force: bool = False) -> bool:
+        return self._manager.save(step, args=ocp.args.PyTreeSave(state), force=force)
+
+    def restore(self, abstract_state: Any, step: int | None = None) -> Any:
+        """Restore into the shapes, dtypes and shardings of `abstract_state`."""
+        step = self.latest_step() if step is None else step
+        restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_state)
+        return self._manager.restore(
+            step, args=ocp.args.PyTreeRestore(item=abstract_state, restore_args=restore_args)
+        )
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def restore_params(directory: str, abstract_params: Any) -> Any:
+    """The `params` of the latest checkpoint under `directory` (e.g. the reference model).
+
+    A clear error when there is no checkpoint or its shapes differ from `abstract_params`.
+    """
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"no checkpoint folder {directory!r}")
+    options = ocp.CheckpointManagerOptions(create=False, read_only=True)
+    manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+    step = manager.latest_step()
+    if step is None:
+        raise CheckpointError(f"no complete checkpoint in {directory!r}")
+    saved = manager.item_metadata(step)
+    saved_params = saved["params"] if isinstance(saved, dict) else getattr(saved, "params", None)
+    want = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
+    have = dict(jax.tree_util.tree_flatten_with_path(saved_params)[0]) if saved_params is not None else {}
+    for path, leaf in want:
+        got = have.get(path)
+        if got is None or tuple(got.shape) != tuple(leaf.shape):
+            name = jax.tree_util.keystr(path)
+            raise CheckpointError(
+                f"checkpoint {directory!r} step {step}: parameter {name} has shape "
+                f"{None if got is None else tuple(got.shape)}, the model expects {tuple(leaf.shape)} "
+                "(different model size or vocabulary?)"
+            )
+    item = {"params": abstract_params}
+    restore_args = ocp.checkpoint_utils.construct_restore_args(item)
+    restored = manager.restore(
+        step, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
+    )
+    manager.close()
+    return restored["params"]

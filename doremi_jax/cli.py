@@ -1,0 +1,58 @@
+"""What every `python -m doremi_jax.<entry>` shares: argv -> gin -> call, one-line errors."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Callable, Sequence
+
+from doremi_jax import config
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from doremi_jax import checkpoints
+    from doremi_jax.data import corpus
+    from doremi_jax.train import loop
+
+    return (
+        config.ConfigError,
+        corpus.CorpusError,
+        checkpoints.CheckpointError,
+        loop.TrainingError,
+        FileNotFoundError,
+        ValueError,
+    )
+
+
+def parse_workdir(rest: Sequence[str], usage: str) -> tuple[str | None, list[str]]:
+    workdir, other = None, []
+    args = list(rest)
+    while args:
+        a = args.pop(0)
+        if a.startswith("--workdir=") or a.startswith("--model_dir="):
+            workdir = a.split("=", 1)[1]
+        elif a in ("--workdir", "--model_dir") and args:
+            workdir = args.pop(0)
+        else:
+            other.append(a)
+    return workdir, other
+
+
+def main(run: Callable[[list[str], list[str], list[str]], None], argv: Sequence[str] | None = None) -> None:
+    """Split argv into gin files, bindings and the rest, then call `run`; known errors
+    become one line on stderr and exit status 1 (2 for bad arguments)."""
+    logging.basicConfig(level=os.environ.get("DOREMI_LOGLEVEL", "WARNING"), format="%(levelname)s %(message)s")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        files, bindings, rest = config.split_argv(argv)
+        run(files, bindings, rest)
+    except config.ConfigError as e:
+        config.fail(str(e), 2)
+    except _known_errors() as e:
+        config.fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    except RuntimeError as e:  # gin reports unset REQUIRED macros as RuntimeError-like errors
+        message = str(e).strip().splitlines()
+        if message and ("Required bindings" in message[0] or "gin" in message[0].lower()):
+            config.fail(f"gin: {message[0]}", 2)
+        raise

@@ -1,0 +1,200 @@
+"""A corpus of domains on disk: `DATA_DIR/<domain>/{train,validation}.jsonl` (or `.txt`).
+
+Each domain's split is tokenized once into a `TokenStream` (documents concatenated,
+each followed by EOS) and cached as `.npy` under the cache directory, keyed by the
+files' names, sizes and modification times and by the vocabulary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import json
+import logging
+import os
+from typing import Iterator, Sequence
+
+import numpy as np
+
+SPLITS = ("train", "validation")
+
+
+class CorpusError(ValueError):
+    """Bad corpus input: the message names the domain and file."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenStream:
+    """One domain split. tokens: int32[n]; doc_starts: int64[num_docs], ascending from 0."""
+
+    tokens: np.ndarray
+    doc_starts: np.ndarray
+    num_bytes: int
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def doc_index(self) -> np.ndarray:
+        """Document number of every token, int32[n]."""
+        marks = np.zeros(self.num_tokens, np.int32)
+        marks[self.doc_starts[1:]] = 1
+        return np.cumsum(marks, dtype=np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+    name: str
+    domains: tuple[str, ...]
+    streams: dict[str, list[TokenStream]]  # split -> one stream per domain, in `domains` order
+
+    def token_counts(self, split: str = "train") -> np.ndarray:
+        return np.asarray([s.num_tokens for s in self.streams[split]], np.int64)
+
+
+def split_files(data_dir: str, domain: str, split: str) -> list[str]:
+    folder = os.path.join(data_dir, domain)
+    files = sorted(glob.glob(os.path.join(folder, f"{split}*.jsonl")))
+    files += sorted(glob.glob(os.path.join(folder, f"{split}*.txt")))
+    return files
+
+
+def list_domains(data_dir: str) -> tuple[str, ...]:
+    if not os.path.isdir(data_dir):
+        raise CorpusError(f"DATA_DIR {data_dir!r} does not exist or is not a folder")
+    domains = tuple(
+        sorted(
+            d
+            for d in os.listdir(data_dir)
+            if os.path.isdir(os.path.join(data_dir, d)) and not d.startswith(".")
+        )
+    )
+    if not domains:
+        raise CorpusError(f"DATA_DIR {data_dir!r} holds no domain folders")
+    return domains
+
+
+def iter_documents(
+    path: str, text_field: str = "text", on_decode_error: str = "fail"
+) -> Iterator[str]:
+    """Documents of one file: a jsonl line's `text_field`, or a whole `.txt` file.
+
+    Undecodable bytes fail with the file and line (`on_decode_error='fail'`) or are
+    replaced and counted in the log (`'skip'`).
+    """
+    errors = "strict" if on_decode_error == "fail" else "replace"
+    with open(path, "rb") as f:
+        raw = f.read()
+    if path.endswith(".txt"):
+        try:
+            yield raw.decode("utf-8", errors=errors)
+        except UnicodeDecodeError as e:
+            raise CorpusError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        return
+    skipped = 0
+    for lineno, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            text_line = line.decode("utf-8", errors=errors)
+        except UnicodeDecodeError as e:
+            raise CorpusError(f"{path}:{lineno}: not UTF-8 ({e.reason})") from None
+        try:
+            record = json.loads(text_line)
+        except json.JSONDecodeError as e:
+            raise CorpusError(f"{path}:{lineno}: corrupted JSON line ({e.msg})") from None
+        if not isinstance(record, dict) or text_field not in record:
+            raise CorpusError(f"{path}:{lineno}: no {text_field!r} field")
+        text = record[text_field]
+        if not isinstance(text, str):
+            raise CorpusError(f"{path}:{lineno}: field {text_field!r} is not a string")
+        if "\ufffd" in text and on_decode_error == "skip":
+            skipped += 1
+        yield text
+    if skipped:
+        logging.warning("%s: %d documents had undecodable bytes (replaced)", path, skipped)
+
+
+def tokenize_files(files: Sequence[str], vocab, text_field: str, on_decode_error: str) -> TokenStream:
+    pieces, starts, num_bytes, pos = [], [], 0, 0
+    eos = np.asarray([vocab.eos_id], np.int32)
+    for path in files:
+        for text in iter_documents(path, text_field, on_decode_error):
+            if not text:
+                continue
+            ids = vocab.encode(text)
+            starts.append(pos)
+            pieces += [ids, eos]
+            pos += ids.shape[0] + 1
+            num_bytes += len(text.encode("utf-8"))
+    tokens = np.concatenate(pieces).astype(np.int32) if pieces else np.zeros(0, np.int32)
+    return TokenStream(tokens, np.asarray(starts, np.int64), num_bytes)
+
+
+def default_cache_dir() -> str:
+    return os.environ.get(
+        "DOREMI_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "doremi_jax")
+    )
+
+
+def _fingerprint(files: Sequence[str], vocab, text_field: str) -> str:
+    h = hashlib.sha256(f"{vocab.fingerprint}|{text_field}".encode())
+    for path in files:
+        st = os.stat(path)
+        h.update(f"|{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:20]
+
+
+def load_stream(
+    data_dir: str,
+    domain: str,
+    split: str,
+    vocab,
+    text_field: str = "text",
+    on_decode_error: str = "fail",
+    cache_dir: str | None = None,
+) -> TokenStream:
+    folder = os.path.join(data_dir, domain)
+    if not os.path.isdir(folder):
+        raise CorpusError(f"domain {domain!r}: folder {folder!r} does not exist")
+    files = split_files(data_dir, domain, split)
+    if not files:
+        raise CorpusError(f"domain {domain!r}: no {split}*.jsonl or {split}*.txt in {folder!r}")
+    cache = os.path.join(cache_dir or default_cache_dir(), "tokens", _fingerprint(files, vocab, text_field))
+    path = os.path.join(cache, f"{domain}.{split}.npz")
+    if os.path.exists(path):
+        with np.load(path) as z:
+            return TokenStream(z["tokens"], z["doc_starts"], int(z["num_bytes"]))
+    stream = tokenize_files(files, vocab, text_field, on_decode_error)
+    if stream.num_tokens == 0:
+        raise CorpusError(f"domain {domain!r}: the {split} split in {folder!r} is empty")
+    os.makedirs(cache, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}.npz"
+    np.savez(tmp, tokens=stream.tokens, doc_starts=stream.doc_starts, num_bytes=stream.num_bytes)
+    os.replace(tmp, path)
+    return stream
+
+
+def load_corpus(
+    data_dir: str,
+    vocab,
+    name: str = "folder",
+    domains: Sequence[str] | None = None,
+    splits: Sequence[str] = SPLITS,
+    text_field: str = "text",
+    on_decode_error: str = "fail",
+    cache_dir: str | None = None,
+) -> Corpus:
+    """Tokenized streams of every domain and split. `domains` defaults to the sub-folders."""
+    if on_decode_error not in ("fail", "skip"):
+        raise CorpusError(f"on_decode_error={on_decode_error!r}: expected 'fail' or 'skip'")
+    domains = tuple(domains) if domains else list_domains(data_dir)
+    streams = {
+        split: [
+            load_stream(data_dir, d, split, vocab, text_field, on_decode_error, cache_dir)
+            for d in domains
+        ]
+        for split in splits
+    }
+    return Corpus(name, domains, streams)

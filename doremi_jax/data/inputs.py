@@ -1,0 +1,63 @@
+"""What the trainer asks of the data layer: a corpus, its starting weights, batches.
+
+No tensorflow here: the trainer's input is the step-indexed `MixtureSampler` over
+token streams; seqio Tasks and Mixtures over the same folders live in `tasks.py`
+for T5X projects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from doremi_jax.data import corpus as corpus_lib
+from doremi_jax.data import demo, vocab as vocab_lib, weights as weights_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the domains are and how to read them; bound by gin/data/*.gin."""
+
+    data_dir: str = "demo"  # "demo": the embedded corpus, built on first use
+    corpus_name: str = "demo"
+    vocabulary: str = "byte"  # or "sentencepiece"
+    spm_model: str | None = None
+    text_field: str = "text"
+    on_decode_error: str = "fail"  # or "skip"
+    packing: bool = True
+    cache_dir: str | None = None
+
+
+def resolve_data_dir(cfg: DataConfig) -> str:
+    return demo.build_demo_corpus() if cfg.data_dir == "demo" else cfg.data_dir
+
+
+def build_corpus(cfg: DataConfig) -> corpus_lib.Corpus:
+    vocab = vocab_lib.make_vocabulary(cfg.vocabulary, cfg.spm_model)
+    return corpus_lib.load_corpus(
+        resolve_data_dir(cfg),
+        vocab,
+        name=cfg.corpus_name,
+        text_field=cfg.text_field,
+        on_decode_error=cfg.on_decode_error,
+        cache_dir=cfg.cache_dir,
+    )
+
+
+def vocabulary_size(cfg: DataConfig) -> int:
+    return vocab_lib.make_vocabulary(cfg.vocabulary, cfg.spm_model).vocab_size
+
+
+def named_weights(spec: str, corpus: corpus_lib.Corpus) -> np.ndarray:
+    """`natural` (train-split token shares), `uniform`, or a path to a weights JSON file."""
+    k = len(corpus.domains)
+    if spec == "uniform":
+        return np.full(k, 1.0 / k)
+    if spec == "natural":
+        counts = corpus.token_counts("train").astype(np.float64)
+        return counts / counts.sum()
+    if os.path.exists(spec) or spec.endswith(".json"):
+        return weights_lib.read_weights(spec, corpus.domains)
+    raise ValueError(f"weights {spec!r}: expected 'natural', 'uniform' or a path to a .json file")

@@ -1,0 +1,139 @@
+"""Mixture batches as a pure function of (seed, step, row, domain weights).
+
+Row r of the global batch at step t draws its own generator from (seed, t, r), picks a
+domain by the step's weights and reads a window of that domain's token stream. So:
+- the batch sequence is deterministic and resumes exactly from the step alone (the
+  weights of a live mixture are part of the checkpointed train state);
+- every host builds only its own rows, and the global batch is the same for any
+  number of hosts;
+- the weights can change every step (DoReMi's `resample` mode) and take effect at once.
+
+Packing (default) reads a random window of the concatenated documents, so a row holds
+several documents told apart by segment ids, positions restart at each document, and
+no target crosses a document boundary. With packing off a row is one document from its
+start, padded. Every token carries the domain id of its row.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from doremi_jax.data.corpus import TokenStream
+
+FEATURES = (
+    "decoder_input_tokens",
+    "decoder_target_tokens",
+    "decoder_positions",
+    "decoder_segment_ids",
+    "decoder_loss_weights",
+    "domain_ids",
+)
+
+
+class MixtureSampler:
+    def __init__(
+        self,
+        streams: Sequence[TokenStream],
+        sequence_length: int,
+        seed: int = 0,
+        packing: bool = True,
+    ):
+        self.streams = list(streams)
+        self.sequence_length = sequence_length
+        self.seed = seed
+        self.packing = packing
+        self._doc_index = [s.doc_index() for s in self.streams]
+        for d, s in enumerate(self.streams):
+            if s.num_tokens < 2:
+                raise ValueError(f"domain #{d} has {s.num_tokens} tokens: too few to sample")
+
+    @property
+    def num_domains(self) -> int:
+        return len(self.streams)
+
+    def _row(self, rng: np.random.Generator, domain: int):
+        stream, length = self.streams[domain], self.sequence_length
+        if self.packing:
+            span = min(length + 1, stream.num_tokens)
+            start = int(rng.integers(0, stream.num_tokens - span + 1))
+        else:
+            doc = int(rng.integers(0, len(stream.doc_starts)))
+            start = int(stream.doc_starts[doc])
+            end = (
+                int(stream.doc_starts[doc + 1])
+                if doc + 1 < len(stream.doc_starts)
+                else stream.num_tokens
+            )
+            span = min(length + 1, end - start)
+        return window(stream.tokens, self._doc_index[domain], start, span, length)
+
+    def batch(self, step: int, rows: Sequence[int], weights: np.ndarray) -> dict[str, np.ndarray]:
+        """The given global rows of step `step`'s batch, sampled by `weights` (float[k])."""
+        weights = np.asarray(weights, np.float64)
+        cdf = np.cumsum(weights / weights.sum())
+        out = {name: [] for name in FEATURES}
+        for r in rows:
+            rng = np.random.default_rng([self.seed, int(step), int(r)])
+            domain = min(int(np.searchsorted(cdf, rng.random(), side="right")), len(cdf) - 1)
+            for name, value in self._row(rng, domain).items():
+                out[name].append(value)
+            out["domain_ids"].append(np.full(self.sequence_length, domain, np.int32))
+        return {name: np.stack(v) for name, v in out.items()}
+
+
+def window(tokens, doc_index, start: int, span: int, length: int) -> dict[str, np.ndarray]:
+    """Inputs/targets of `tokens[start:start+span]`, padded to `length`."""
+    chunk = tokens[start : start + span]
+    docs = doc_index[start : start + span]
+    n = span - 1
+    inputs = np.zeros(length, np.int32)
+    targets = np.zeros(length, np.int32)
+    segments = np.zeros(length, np.int32)
+    positions = np.zeros(length, np.int32)
+    inputs[:n], targets[:n] = chunk[:-1], chunk[1:]
+    # Segments numbered from 1 within the row; a target in another document than its
+    # input (the first token after an EOS) is not predicted.
+    seg = (docs - docs[0] + 1).astype(np.int32)
+    segments[:n] = seg[:-1]
+    same_doc = seg[1:] == seg[:-1]
+    first = np.r_[0, np.flatnonzero(np.diff(seg[:-1])) + 1]
+    pos = np.arange(n) - np.repeat(first, np.diff(np.r_[first, n]))
+    positions[:n] = pos
+    loss = np.zeros(length, np.float32)
+    loss[:n] = same_doc
+    return {
+        "decoder_input_tokens": inputs,
+        "decoder_target_tokens": targets,
+        "decoder_positions": positions,
+        "decoder_segment_ids": segments,
+        "decoder_loss_weights": loss,
+    }
+
+
+def eval_batches(
+    streams: Sequence[TokenStream], sequence_length: int, batch_size: int, max_tokens: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """Consecutive windows over each domain's held-out stream (at most `max_tokens` each).
+
+    Deterministic, no sampling: every run evaluates on the same tokens. Batches hold
+    one domain at a time and are padded with all-zero rows (loss weight 0).
+    """
+    for domain, stream in enumerate(streams):
+        doc_index = stream.doc_index()
+        limit = min(stream.num_tokens, max_tokens + 1)
+        rows = []
+        for start in range(0, limit - 1, sequence_length):
+            span = min(sequence_length + 1, limit - start)
+            row = window(stream.tokens, doc_index, start, span, sequence_length)
+            row["domain_ids"] = np.full(sequence_length, domain, np.int32)
+            rows.append(row)
+            if len(rows) == batch_size:
+                yield {k: np.stack([r[k] for r in rows]) for k in FEATURES}
+                rows = []
+        if rows:
+            pad = {k: np.zeros_like(v) for k, v in rows[0].items()}
+            pad["domain_ids"][:] = domain
+            rows += [pad] * (batch_size - len(rows))
+            yield {k: np.stack([r[k] for r in rows]) for k in FEATURES}

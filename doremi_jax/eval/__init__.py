@@ -1,0 +1,1 @@
+"""Evaluation: per-domain perplexity (`perplexity.py`)."""

@@ -1,0 +1,96 @@
+"""Per-domain log-perplexity on held-out data: nats per token and bits per byte."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from doremi_jax import sharding
+from doremi_jax.data.sampler import eval_batches
+from doremi_jax.train import steps
+
+
+@dataclasses.dataclass
+class PerplexityResult:
+    domains: list[str]
+    nats_per_token: np.ndarray  # float64[k]
+    bits_per_byte: np.ndarray  # float64[k]
+    tokens: np.ndarray  # int64[k]
+
+    @property
+    def average(self) -> float:
+        """Unweighted mean over domains (the paper's "average log-perplexity")."""
+        return float(np.mean(self.nats_per_token))
+
+    @property
+    def worst(self) -> tuple[str, float]:
+        i = int(np.argmax(self.nats_per_token))
+        return self.domains[i], float(self.nats_per_token[i])
+
+    def scalars(self) -> dict[str, float]:
+        out = {f"log_perplexity/{d}": float(v) for d, v in zip(self.domains, self.nats_per_token)}
+        out.update({f"bits_per_byte/{d}": float(v) for d, v in zip(self.domains, self.bits_per_byte)})
+        out["log_perplexity/average"] = self.average
+        out["log_perplexity/worst"] = self.worst[1]
+        return out
+
+    def to_json(self) -> dict:
+        return {
+            "log_perplexity": dict(zip(self.domains, self.nats_per_token.tolist())),
+            "bits_per_byte": dict(zip(self.domains, self.bits_per_byte.tolist())),
+            "tokens": dict(zip(self.domains, self.tokens.tolist())),
+            "average": self.average,
+            "worst": {"domain": self.worst[0], "log_perplexity": self.worst[1]},
+        }
+
+
+class Evaluator:
+    """Compiled once per run; `evaluator(params)` scores the same held-out tokens each time."""
+
+    def __init__(
+        self,
+        model,
+        mesh,
+        rules,
+        param_shardings,
+        streams,
+        domains: Sequence[str],
+        sequence_length: int,
+        batch_size: int,
+        max_tokens: int,
+    ):
+        self.mesh, self.rules = mesh, list(rules)
+        self.domains = list(domains)
+        rows = sharding.local_batch_rows(mesh, batch_size)
+        self.batches = [
+            sharding.make_global_batch(mesh, {k: v[rows] for k, v in b.items()}, batch_size)
+            for b in eval_batches(streams, sequence_length, batch_size, max_tokens)
+        ]
+        # Bytes per evaluated token, from the whole held-out stream (tokens are bytes
+        # plus one EOS per document with the byte vocabulary).
+        self.bytes_per_token = np.asarray(
+            [s.num_bytes / max(s.num_tokens, 1) for s in streams], np.float64
+        )
+        self._step = jax.jit(
+            functools.partial(steps.eval_step, model=model, num_domains=len(self.domains)),
+            in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
+            out_shardings=sharding.replicated(mesh),
+        )
+
+    def __call__(self, params) -> PerplexityResult:
+        k = len(self.domains)
+        sums, counts = np.zeros(k), np.zeros(k)
+        with self.mesh, nn.logical_axis_rules(self.rules):
+            outs = [self._step(params, b) for b in self.batches]
+        for s, c in jax.device_get(outs):
+            sums += s
+            counts += c
+        nats = sums / np.maximum(counts, 1)
+        bpb = nats / math.log(2) / self.bytes_per_token
+        return PerplexityResult(self.domains, nats, bpb, counts.astype(np.int64))

@@ -1,0 +1,78 @@
+"""Metric writers (metrics.jsonl + TensorBoard through clu) and the report's plots.
+
+Only process 0 writes. TensorBoard needs clu's summary writer, which brings in
+tensorflow; where that is missing (an accelerator host with only JAX installed) the
+run logs to metrics.jsonl alone and says so once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+def _scalar_items(metrics: Mapping, domains: Sequence[str]):
+    for name, value in metrics.items():
+        value = np.asarray(value)
+        if value.ndim == 0:
+            yield name, float(value)
+        elif value.ndim == 1 and len(value) == len(domains):
+            for d, v in zip(domains, value):
+                yield f"{name}/{d}", float(v)
+
+
+class MetricWriter:
+    def __init__(self, workdir: str, domains: Sequence[str], enabled: bool = True, tensorboard: bool = True):
+        self.domains = list(domains)
+        self.enabled = enabled
+        self._jsonl = None
+        self._tb = None
+        if not enabled:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        if tensorboard:
+            try:
+                from clu import metric_writers  # brings in tensorflow
+
+                self._tb = metric_writers.create_default_writer(
+                    os.path.join(workdir, "tensorboard"), asynchronous=True
+                )
+            except ImportError as e:
+                logging.warning("TensorBoard summaries off (%s); writing metrics.jsonl only", e)
+
+    def write(self, step: int, metrics: Mapping) -> None:
+        if not self.enabled:
+            return
+        scalars = dict(_scalar_items(metrics, self.domains))
+        self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            self._tb.write_scalars(int(step), scalars)
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+        if self._tb is not None:
+            self._tb.flush()
+            self._tb.close()
+            self._tb = None
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """The rows of a run's metrics.jsonl; on resume the last row of each step wins."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    rows: dict[tuple, dict] = {}
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                rows[(row["step"], tuple(sorted(row)))] = row
+    return sorted(rows.values(), key=lambda r: r["step"])

@@ -1,0 +1,237 @@
+"""A decoder-only transformer (Llama-style blocks) with logical axis names.
+
+Every parameter is created through `nn.with_logical_partitioning`, and the main
+activations carry `nn.with_logical_constraint`, so a short list of rules
+(`doremi_jax.sharding`) decides how the model is split over a device mesh.
+
+Inputs are packed: several documents per row, told apart by `segment_ids`
+(0 = padding) and restarted `positions`; attention never crosses a segment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# Logical names of activations. They differ from the parameter names so that,
+# under FSDP, `embed` of a weight can be split over `fsdp` while the batch of an
+# activation is split over the same axis (the MaxText convention).
+BATCH, LENGTH = "activation_batch", "activation_length"
+ACT_EMBED, ACT_HEADS, ACT_MLP, ACT_VOCAB = (
+    "activation_embed",
+    "activation_heads",
+    "activation_mlp",
+    "activation_vocab",
+)
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """Sizes and numerics of the model; bound by gin/models/*.gin."""
+
+    vocab_size: int = 259  # seqio.ByteVocabulary: 256 bytes + pad, eos, unk.
+    embed_dim: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    head_dim: int = 32
+    mlp_dim: int = 512
+    max_length: int = 256
+    tied_embeddings: bool = True
+    dtype: str = "float32"  # compute dtype of activations ("bfloat16" on TPU/GPU)
+    param_dtype: str = "float32"
+    remat_policy: str = "none"  # one of REMAT_POLICIES
+    scan_layers: bool = False
+    rope_theta: float = 10_000.0
+    norm_eps: float = 1e-6
+
+    def __post_init__(self):
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(
+                f"TransformerConfig.remat_policy={self.remat_policy!r}: expected one of "
+                f"{sorted(REMAT_POLICIES)}"
+            )
+
+    @property
+    def compute_dtype(self) -> Any:
+        return jnp.dtype(self.dtype)
+
+    @property
+    def weight_dtype(self) -> Any:
+        return jnp.dtype(self.param_dtype)
+
+
+def param_count(cfg: TransformerConfig) -> int:
+    """Number of parameters, from the sizes alone (no initialisation)."""
+    attn = 4 * cfg.embed_dim * cfg.num_heads * cfg.head_dim
+    mlp = 3 * cfg.embed_dim * cfg.mlp_dim
+    per_layer = attn + mlp + 2 * cfg.embed_dim
+    embed = cfg.vocab_size * cfg.embed_dim * (1 if cfg.tied_embeddings else 2)
+    return cfg.num_layers * per_layer + embed + cfg.embed_dim
+
+
+def _dense_init(fan_in: int):
+    return nn.initializers.normal(stddev=fan_in**-0.5)
+
+
+class RMSNorm(nn.Module):
+    cfg: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param(
+            "scale",
+            nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+            (x.shape[-1],),
+            self.cfg.weight_dtype,
+        )
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.cfg.norm_eps)
+        return (x32 * scale.astype(jnp.float32)).astype(self.cfg.compute_dtype)
+
+
+def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary position embedding. x: [batch, length, heads, head_dim]; positions: [batch, length]."""
+    half = x.shape[-1] // 2
+    freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angle = positions.astype(jnp.float32)[..., None, None] * freq  # [b, l, 1, half]
+    sin, cos = jnp.sin(angle), jnp.cos(angle)
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+class Attention(nn.Module):
+    cfg: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x, positions, segment_ids):
+        cfg = self.cfg
+        dense = functools.partial(
+            nn.DenseGeneral,
+            dtype=cfg.compute_dtype,
+            param_dtype=cfg.weight_dtype,
+            use_bias=False,
+        )
+        qkv_init = nn.with_logical_partitioning(_dense_init(cfg.embed_dim), ("embed", "heads", "kv"))
+        shape = (cfg.num_heads, cfg.head_dim)
+        q = dense(features=shape, kernel_init=qkv_init, name="query")(x)
+        k = dense(features=shape, kernel_init=qkv_init, name="key")(x)
+        v = dense(features=shape, kernel_init=qkv_init, name="value")(x)
+        q, k = rotary(q, positions, cfg.rope_theta), rotary(k, positions, cfg.rope_theta)
+        names = (BATCH, LENGTH, ACT_HEADS, None)
+        q, k, v = (nn.with_logical_constraint(t, names) for t in (q, k, v))
+        # Causal within a document; padding (segment 0) only attends to itself so
+        # that no row of the softmax is empty.
+        same_doc = segment_ids[:, :, None] == segment_ids[:, None, :]
+        mask = same_doc[:, None, :, :]
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True)
+        out = nn.with_logical_constraint(out, names)
+        out_init = nn.with_logical_partitioning(
+            _dense_init(cfg.num_heads * cfg.head_dim), ("heads", "kv", "embed")
+        )
+        return dense(features=cfg.embed_dim, axis=(-2, -1), kernel_init=out_init, name="out")(out)
+
+
+class GatedMLP(nn.Module):
+    cfg: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.cfg
+        dense = functools.partial(
+            nn.Dense, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, use_bias=False
+        )
+        in_init = nn.with_logical_partitioning(_dense_init(cfg.embed_dim), ("embed", "mlp"))
+        gate = dense(cfg.mlp_dim, kernel_init=in_init, name="gate")(x)
+        up = dense(cfg.mlp_dim, kernel_init=in_init, name="up")(x)
+        h = nn.with_logical_constraint(nn.silu(gate) * up, (BATCH, LENGTH, ACT_MLP))
+        out_init = nn.with_logical_partitioning(_dense_init(cfg.mlp_dim), ("mlp", "embed"))
+        return dense(cfg.embed_dim, kernel_init=out_init, name="down")(h)
+
+
+class Block(nn.Module):
+    cfg: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x, positions, segment_ids):
+        x = x + Attention(self.cfg, name="attention")(
+            RMSNorm(self.cfg, name="attention_norm")(x), positions, segment_ids
+        )
+        x = x + GatedMLP(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x))
+        x = nn.with_logical_constraint(x, (BATCH, LENGTH, ACT_EMBED))
+        if self.cfg.scan_layers:
+            return x, None
+        return x
+
+
+class Transformer(nn.Module):
+    """tokens, positions, segment_ids: int32[batch, length] -> logits float32[batch, length, vocab]."""
+
+    cfg: TransformerConfig
+
+    @nn.compact
+    def __call__(self, tokens, positions=None, segment_ids=None):
+        cfg = self.cfg
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+        if segment_ids is None:
+            segment_ids = jnp.ones_like(tokens)
+        embed = nn.Embed(
+            cfg.vocab_size,
+            cfg.embed_dim,
+            dtype=cfg.compute_dtype,
+            param_dtype=cfg.weight_dtype,
+            embedding_init=nn.with_logical_partitioning(
+                nn.initializers.normal(stddev=1.0), ("vocab", "embed")
+            ),
+            name="embed",
+        )
+        x = nn.with_logical_constraint(embed(tokens), (BATCH, LENGTH, ACT_EMBED))
+
+        block = Block
+        policy = REMAT_POLICIES[cfg.remat_policy]
+        if cfg.remat_policy != "none":
+            block = nn.remat(Block, policy=policy, prevent_cse=not cfg.scan_layers)
+        if cfg.scan_layers:
+            # One compiled block, run num_layers times: compile time stays flat in depth.
+            stack = nn.scan(
+                block,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(nn.broadcast, nn.broadcast),
+                length=cfg.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x, _ = stack(cfg, name="layers")(x, positions, segment_ids)
+        else:
+            for i in range(cfg.num_layers):
+                x = block(cfg, name=f"layer_{i}")(x, positions, segment_ids)
+
+        x = RMSNorm(cfg, name="final_norm")(x)
+        if cfg.tied_embeddings:
+            logits = embed.attend(x) * cfg.embed_dim**-0.5
+        else:
+            logits = nn.Dense(
+                cfg.vocab_size,
+                dtype=cfg.compute_dtype,
+                param_dtype=cfg.weight_dtype,
+                use_bias=False,
+                kernel_init=nn.with_logical_partitioning(
+                    _dense_init(cfg.embed_dim), ("embed", "vocab")
+                ),
+                name="unembed",
+            )(x)
+        logits = nn.with_logical_constraint(logits, (BATCH, LENGTH, ACT_VOCAB))
+        return logits.astype(jnp.float32)

@@ -1,0 +1,428 @@
+"""The one trainer loop: reference, proxy and main runs differ only by gin.
+
+Sections, top to bottom: configs; set-up (corpus, mesh, model, sharded state); the
+compiled step; the loop (batches in, step, metrics and checkpoints out); the run's
+outputs. The step functions are pure (`steps.py`); the loop owns all I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from doremi_jax import checkpoints, dro, metrics as metrics_lib, sharding
+from doremi_jax.data import inputs, sampler as sampler_lib, weights as weights_lib
+from doremi_jax.eval import perplexity
+from doremi_jax.models import Transformer, TransformerConfig, param_count
+from doremi_jax.train import steps
+from doremi_jax.train.state import OptimizerConfig, TrainState, make_optimizer
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Length, batch and cadence of a run (T5X macro names in gin: TRAIN_STEPS, BATCH_SIZE)."""
+
+    train_steps: int = 100
+    batch_size: int = 16
+    sequence_length: int = 128
+    seed: int = 0
+    microbatches: int = 1
+    log_every: int = 10  # progress line; metrics.jsonl gets every step
+    eval_every: int = 0  # 0: evaluate at the end only
+    eval_tokens_per_domain: int = 16_384
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    async_checkpoints: bool = True
+    max_nonfinite_steps: int = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class DroConfig:
+    """The DoReMi proxy's knobs (paper defaults: η = 1, c = 1e-3, uniform α_0)."""
+
+    mode: str = "reweight"  # or "resample": sampling rates follow α_t, plain loss
+    learning_rate: float = 1.0
+    smoothing: float = 1e-3
+    initial_weights: str = "uniform"  # α_0: natural | uniform | weights.json
+    reference_workdir: str | None = None
+    reference_model: TransformerConfig | None = None  # None: same as the proxy
+    accumulation: str = "exact"  # with microbatches > 1: exact | fast
+    early_stop_tolerance: float = 0.0  # stop when ‖ᾱ_t − ᾱ_{t−window}‖∞ < tolerance
+    early_stop_window: int = 0
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+class _Preemption:
+    """SIGTERM sets a flag; the loop finishes its step, checkpoints and returns."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        logging.warning("SIGTERM: checkpointing after this step and stopping")
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_workdir_identity(workdir: str, identity: dict, overwrite: bool) -> None:
+    """Refuse a workdir holding another experiment's run unless told to overwrite."""
+    path = os.path.join(workdir, "run.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            previous = json.load(f)
+        if previous != identity and not overwrite:
+            changed = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
+            raise TrainingError(
+                f"workdir {workdir!r} holds another run (differs in {changed}); "
+                "use a new workdir or pass overwrite=True (--gin.train.overwrite=True)"
+            )
+        if previous == identity:
+            return
+        logging.warning("overwrite=True: replacing the run in %s", workdir)
+        import shutil
+
+        shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)
+        for name in ("metrics.jsonl", "domain_weights.json", "eval_results.json"):
+            if os.path.exists(os.path.join(workdir, name)):
+                os.remove(os.path.join(workdir, name))
+    if jax.process_index() == 0:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(identity, f, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+
+
+def _check_writable(workdir: str) -> None:
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".write-probe-{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("")
+        os.remove(probe)
+    except OSError as e:
+        raise TrainingError(f"workdir {workdir!r} is not writable: {e.strerror}") from None
+
+
+def abstract_params(model_cfg: TransformerConfig, mesh, rules):
+    """Shapes and shardings of a model's parameters, without allocating them."""
+    dummy = jnp.zeros((1, min(8, model_cfg.max_length)), jnp.int32)
+    init = lambda r: Transformer(model_cfg).init(r, dummy)["params"]  # noqa: E731
+    with mesh, nn.logical_axis_rules(list(rules)):
+        boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
+        shardings = sharding.logical_shardings(nn.get_partition_spec(boxed), mesh, rules)
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.meta.unbox(boxed), shardings
+    )
+    return abstract, shardings
+
+
+def init_state(model_cfg, tx, weights, rng, mesh, rules, weight_tx):
+    """The train state, initialised directly sharded (never materialised whole)."""
+    model = Transformer(model_cfg)
+    dummy = jnp.zeros((1, min(8, model_cfg.max_length)), jnp.int32)
+
+    def init_fn(rng, alpha):
+        params = nn.meta.unbox(model.init(rng, dummy)["params"])
+        return TrainState(
+            step=jnp.zeros([], jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            rng=rng,
+            domain_weights=alpha,
+            dro_state=weight_tx.init(alpha),
+            nonfinite_steps=jnp.zeros([], jnp.int32),
+        )
+
+    _, param_shardings = abstract_params(model_cfg, mesh, rules)
+    alpha = jax.ShapeDtypeStruct((weights.shape[0],), jnp.float32)
+    with mesh, nn.logical_axis_rules(list(rules)):
+        abstract = jax.eval_shape(init_fn, rng, alpha)
+        # Optimizer moments follow their parameters; everything else is replicated.
+        state_shardings = _state_shardings(abstract, param_shardings, mesh)
+        state = jax.jit(init_fn, out_shardings=state_shardings)(rng, jnp.asarray(weights, jnp.float32))
+    return state, state_shardings, param_shardings
+
+
+def _state_shardings(abstract: TrainState, param_shardings, mesh):
+    replicated = sharding.replicated(mesh)
+    param_paths = {
+        path: s for path, s in jax.tree_util.tree_flatten_with_path(param_shardings)[0]
+    }
+
+    def opt_leaf(path, leaf):
+        # Adam's mu/nu mirror the params tree: match them by the path's tail.
+        for n in range(len(path), 0, -1):
+            s = param_paths.get(tuple(path[-n:]))
+            if s is not None and len(s.spec) <= len(leaf.shape):
+                return s
+        return replicated
+
+    opt_shardings = jax.tree_util.tree_map_with_path(opt_leaf, abstract.opt_state)
+    rest = jax.tree.map(lambda _: replicated, abstract)
+    return rest.replace(params=param_shardings, opt_state=opt_shardings)
+
+
+def train(
+    workdir: str,
+    *,
+    run: str = "lm",
+    model: TransformerConfig = TransformerConfig(),
+    data: inputs.DataConfig = inputs.DataConfig(),
+    mesh: sharding.MeshConfig = sharding.MeshConfig(),
+    optimizer: OptimizerConfig = OptimizerConfig(),
+    config: TrainConfig = TrainConfig(),
+    doremi: DroConfig = DroConfig(),
+    sampling_weights: str = "natural",
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Train one model in `workdir` and return a summary (also written to summary.json).
+
+    run: `lm` (reference and main models: the token-mean loss on data sampled by
+    `sampling_weights`) or `doremi` (the proxy: Group DRO against `doremi.reference_workdir`).
+    Resumes from the latest checkpoint in `workdir/checkpoints`.
+    """
+    if run not in ("lm", "doremi"):
+        raise TrainingError(f"train.run={run!r}: expected 'lm' or 'doremi'")
+    if doremi.mode not in ("reweight", "resample"):
+        raise TrainingError(f"DroConfig.mode={doremi.mode!r}: expected 'reweight' or 'resample'")
+    primary = jax.process_index() == 0
+    _check_writable(workdir)
+
+    # --- Set-up: corpus, mesh, checks that fail before anything is compiled.
+    corpus = inputs.build_corpus(data)
+    domains, k = corpus.domains, len(corpus.domains)
+    vocab_size = inputs.vocabulary_size(data)
+    if vocab_size > model.vocab_size:
+        raise TrainingError(
+            f"vocabulary has {vocab_size} ids but TransformerConfig.vocab_size={model.vocab_size}"
+        )
+    if config.sequence_length > model.max_length:
+        raise TrainingError(
+            f"SEQUENCE_LENGTH={config.sequence_length} exceeds the model's max_length={model.max_length}"
+        )
+    device_mesh = sharding.make_mesh(mesh)
+    dp = sharding.data_parallel_size(device_mesh)
+    if config.batch_size % (dp * config.microbatches):
+        raise TrainingError(
+            f"BATCH_SIZE={config.batch_size} is not divisible by the {dp} data-parallel devices"
+            + (f" x {config.microbatches} microbatches" if config.microbatches > 1 else "")
+        )
+    fixed_sampling = inputs.named_weights(sampling_weights, corpus)
+    alpha0 = inputs.named_weights(doremi.initial_weights, corpus) if run == "doremi" else fixed_sampling
+    identity = {
+        "run": run,
+        "model": dataclasses.asdict(model),
+        "domains": list(domains),
+        "vocab_size": vocab_size,
+        "corpus": corpus.name,
+    }
+    _check_workdir_identity(workdir, identity, overwrite)
+
+    n_params = param_count(model)
+    logging.info("model: %s parameters (%.1fM)", f"{n_params:,}", n_params / 1e6)
+    print(f"[{os.path.basename(os.path.normpath(workdir))}] {run} run, {n_params / 1e6:.2f}M parameters, "
+          f"{k} domains, mesh {dict(device_mesh.shape)}", flush=True)
+
+    transformer = Transformer(model)
+    tx = make_optimizer(optimizer, config.train_steps)
+    weight_tx = dro.multiplicative_weights(doremi.learning_rate, doremi.smoothing)
+    rng = jax.random.PRNGKey(config.seed)
+    state, state_shardings, param_shardings = init_state(
+        model, tx, alpha0, rng, device_mesh, mesh.rules, weight_tx
+    )
+
+    ckpt = checkpoints.Checkpointer(
+        os.path.join(workdir, "checkpoints"), config.keep_checkpoints, config.async_checkpoints
+    )
+    start = ckpt.latest_step()
+    if start is not None:
+        state = ckpt.restore(state)
+        print(f"resuming from step {start}", flush=True)
+    start = int(state.step)
+
+    # --- The compiled step.
+    batch_shard = sharding.batch_sharding(device_mesh)
+    replicated = sharding.replicated(device_mesh)
+    if run == "doremi":
+        if not doremi.reference_workdir:
+            raise TrainingError("a doremi run needs DroConfig.reference_workdir (the reference run's workdir)")
+        reference_cfg = doremi.reference_model or model
+        ref_identity = os.path.join(doremi.reference_workdir, "run.json")
+        if os.path.exists(ref_identity):
+            with open(ref_identity) as f:
+                ref_run = json.load(f)
+            if ref_run.get("domains") != list(domains) or ref_run.get("vocab_size") != vocab_size:
+                raise TrainingError(
+                    f"reference run {doremi.reference_workdir!r} was trained on domains "
+                    f"{ref_run.get('domains')} with vocabulary {ref_run.get('vocab_size')}; "
+                    f"this run has {list(domains)} with {vocab_size}"
+                )
+        ref_abstract, ref_shardings = abstract_params(reference_cfg, device_mesh, mesh.rules)
+        try:
+            reference_params = checkpoints.restore_params(
+                os.path.join(doremi.reference_workdir, "checkpoints"), ref_abstract
+            )
+        except checkpoints.CheckpointError as e:
+            raise TrainingError(f"reference model: {e}") from None
+        step_fn = jax.jit(
+            lambda s, b, r: steps.doremi_step(
+                s, b, r,
+                model=transformer,
+                reference_model=Transformer(reference_cfg),
+                tx=tx,
+                weight_tx=weight_tx,
+                num_domains=k,
+                mode=doremi.mode,
+                microbatches=config.microbatches,
+                accumulation=doremi.accumulation,
+            ),
+            in_shardings=(state_shardings, batch_shard, ref_shardings),
+            out_shardings=(state_shardings, replicated),
+            donate_argnums=(0,),
+        )
+        run_step = lambda s, b: step_fn(s, b, reference_params)  # noqa: E731
+    else:
+        step_fn = jax.jit(
+            lambda s, b: steps.lm_step(
+                s, b, model=transformer, tx=tx, num_domains=k, microbatches=config.microbatches
+            ),
+            in_shardings=(state_shardings, batch_shard),
+            out_shardings=(state_shardings, replicated),
+            donate_argnums=(0,),
+        )
+        run_step = step_fn
+
+    evaluator = perplexity.Evaluator(
+        transformer, device_mesh, mesh.rules, param_shardings, corpus.streams["validation"],
+        domains, config.sequence_length, config.batch_size, config.eval_tokens_per_domain,
+    )
+    sampler = sampler_lib.MixtureSampler(
+        corpus.streams["train"], config.sequence_length, config.seed, data.packing
+    )
+    rows = sharding.local_batch_rows(device_mesh, config.batch_size)
+    live_rates = run == "doremi" and doremi.mode == "resample"
+
+    def next_batch(step, weights):
+        local = sampler.batch(step, rows, weights)
+        return sharding.make_global_batch(device_mesh, local, config.batch_size)
+
+    writer = metrics_lib.MetricWriter(workdir, domains, enabled=primary)
+    tokens_per_step = config.batch_size * config.sequence_length
+    summary: dict[str, Any] = {"start_step": start, "stopped": "finished"}
+    avg_history: list[np.ndarray] = []
+
+    # --- The loop.
+    with device_mesh, nn.logical_axis_rules(list(mesh.rules)), _Preemption() as preemption:
+        weights = np.asarray(state.domain_weights) if live_rates else fixed_sampling
+        batch = next_batch(start, weights) if start < config.train_steps else None
+        pending = None  # the previous step's metrics, read one step late to keep the device busy
+        t0, last_log_step = time.perf_counter(), start
+        step = start
+        while step < config.train_steps:
+            state, step_metrics = run_step(state, batch)
+            step += 1
+            # Build the next batch on the host while the device runs this step. Resample
+            # mode needs α_t first: its rates are a function of the train state.
+            if step < config.train_steps:
+                weights = np.asarray(state.domain_weights) if live_rates else fixed_sampling
+                batch = next_batch(step, weights)
+            if pending is not None:
+                _record(writer, *pending, summary, config.max_nonfinite_steps, ckpt)
+            pending = (step, step_metrics)
+            if step % config.log_every == 0 or step == config.train_steps:
+                loss = float(step_metrics["loss"])
+                elapsed = time.perf_counter() - t0
+                rate = (step - last_log_step) * tokens_per_step / max(elapsed, 1e-9)
+                eta = (config.train_steps - step) * tokens_per_step / max(rate, 1e-9)
+                if primary:
+                    print(f"step {step}/{config.train_steps} loss {loss:.4f} "
+                          f"{rate:,.0f} tokens/s ETA {eta:.0f}s", flush=True)
+                t0, last_log_step = time.perf_counter(), step
+            if config.eval_every and step % config.eval_every == 0 and step < config.train_steps:
+                writer.write(step, {f"eval/{n}": v for n, v in evaluator(state.params).scalars().items()})
+            if run == "doremi" and doremi.early_stop_window:
+                avg_history.append(np.asarray(step_metrics["average_domain_weights"]))
+                w = doremi.early_stop_window
+                if len(avg_history) > w and np.max(np.abs(avg_history[-1] - avg_history[-1 - w])) < doremi.early_stop_tolerance:
+                    summary["stopped"] = "early_stop"
+                    summary["steps_saved"] = config.train_steps - step
+                    break
+            if step % config.checkpoint_every == 0 or preemption.requested:
+                ckpt.save(step, state, force=preemption.requested)
+            if preemption.requested:
+                summary["stopped"] = "preempted"
+                break
+        if pending is not None:
+            _record(writer, *pending, summary, config.max_nonfinite_steps, ckpt)
+        if summary["stopped"] != "preempted" and ckpt.latest_step() != step:
+            ckpt.save(step, state, force=True)
+        ckpt.close()
+
+        # --- Outputs of the run.
+        summary["step"] = int(step)
+        if summary["stopped"] != "preempted":
+            result = evaluator(state.params)
+            writer.write(step, {f"eval/{n}": v for n, v in result.scalars().items()})
+            summary["eval"] = result.to_json()
+            if primary:
+                with open(os.path.join(workdir, "eval_results.json"), "w") as f:
+                    json.dump(result.to_json(), f, indent=2)
+        writer.close()
+    summary["domains"] = list(domains)
+    if run == "doremi":
+        average = np.asarray(jax.device_get(state.dro_state.average), np.float64)
+        summary["average_domain_weights"] = dict(zip(domains, average.tolist()))
+        if primary and summary["stopped"] != "preempted":
+            weights_lib.write_weights(os.path.join(workdir, "domain_weights.json"), domains, average)
+            _write_mixture_gin(workdir)
+    if primary:
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+    return summary
+
+
+def _record(writer, step, step_metrics, summary, max_nonfinite, ckpt):
+    """Write one step's metrics; stop the run after too many non-finite steps in a row."""
+    host = jax.device_get(step_metrics)
+    summary["loss"] = float(host["loss"])
+    summary["nonfinite_steps_total"] = summary.get("nonfinite_steps_total", 0) + int(not host["step_ok"])
+    writer.write(step, host)
+    if host["nonfinite_steps"] >= max_nonfinite:
+        ckpt.wait()
+        raise TrainingError(
+            f"{int(host['nonfinite_steps'])} non-finite steps in a row at step {step}; "
+            f"params and weights were kept from before them (last checkpoint: step {ckpt.latest_step()})"
+        )
+
+
+def _write_mixture_gin(workdir: str) -> None:
+    """A gin file that points a main run's mixture at this proxy's ᾱ."""
+    path = os.path.join(os.path.abspath(workdir), "domain_weights.json")
+    with open(os.path.join(workdir, "main_mixture.gin"), "w") as f:
+        f.write(f"# Train a main model on the DoReMi weights of {workdir}.\n")
+        f.write(f"train.sampling_weights = '{path}'\n")

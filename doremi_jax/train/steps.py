@@ -1,0 +1,218 @@
+"""Pure step functions: (state, batch[, reference_params]) -> (state, metrics).
+
+`lm_step` trains on the plain token mean (reference and main runs); `doremi_step` is
+the proxy step of DoReMi (paper, Algorithm 1): reference losses forward only, λ_t from
+the global batch, α_t by the multiplicative-weights transform, and a gradient step on
+Σ_i α_t[i]·mean_i(ℓ_θ). Both skip a step whose loss, λ or gradient is not finite.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from doremi_jax import dro
+from doremi_jax.train.state import TrainState
+
+Batch = dict[str, jax.Array]
+
+
+def token_losses(model, params, batch: Batch) -> jax.Array:
+    """Per-token cross-entropy in nats, float32[batch, length] (padding included; mask later)."""
+    logits = model.apply(
+        {"params": params},
+        batch["decoder_input_tokens"],
+        batch["decoder_positions"],
+        batch["decoder_segment_ids"],
+    )
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch["decoder_target_tokens"])
+
+
+def _split_microbatches(batch: Batch, microbatches: int) -> Batch:
+    def split(x):
+        if x.shape[0] % microbatches:
+            raise ValueError(f"batch of {x.shape[0]} rows does not split into {microbatches} microbatches")
+        return x.reshape((microbatches, x.shape[0] // microbatches) + x.shape[1:])
+
+    return jax.tree.map(split, batch)
+
+
+def _sum_over_microbatches(fn: Callable, batch: Batch, microbatches: int):
+    """Σ over microbatches of fn(microbatch) (a pytree), by lax.scan; fn(batch) when 1."""
+    if microbatches == 1:
+        return fn(batch)
+    parts = _split_microbatches(batch, microbatches)
+    first = jax.tree.map(lambda x: x[0], parts)
+    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(fn, first))
+
+    def body(acc, mb):
+        return jax.tree.map(jnp.add, acc, fn(mb)), None
+
+    total, _ = jax.lax.scan(body, zeros, parts)
+    return total
+
+
+def _apply_if_finite(state: TrainState, new_state: TrainState, ok: jax.Array) -> TrainState:
+    """new_state when ok; otherwise state with the step advanced and the skip counted."""
+    kept = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)
+    return kept.replace(
+        step=state.step + 1,
+        nonfinite_steps=jnp.where(ok, 0, state.nonfinite_steps + 1),
+    )
+
+
+def _finish(state, grads, loss, tx, extra_ok, **replace):
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.global_norm(grads)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & extra_ok
+    new_state = state.replace(params=params, opt_state=opt_state, **replace)
+    return _apply_if_finite(state, new_state, ok), grad_norm, ok
+
+
+def _step_health(new_state, ok):
+    return {"step_ok": ok, "nonfinite_steps": new_state.nonfinite_steps}
+
+
+def lm_step(state: TrainState, batch: Batch, *, model, tx, num_domains: int, microbatches: int = 1):
+    """One step on the mean token loss of the batch."""
+    mask = batch["decoder_loss_weights"]
+    total_tokens = jnp.maximum(mask.sum(), 1.0)
+
+    def loss_and_grad(mb):
+        def loss_fn(params):
+            tl = token_losses(model, params, mb)
+            return jnp.sum(tl * mb["decoder_loss_weights"]) / total_tokens, tl
+
+        (loss, tl), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        sums, counts = dro.domain_sums(tl, mb["domain_ids"], mb["decoder_loss_weights"], num_domains)
+        return loss, grads, sums, counts
+
+    loss, grads, sums, counts = _sum_over_microbatches(loss_and_grad, batch, microbatches)
+    new_state, grad_norm, ok = _finish(state, grads, loss, tx, True)
+    metrics = {
+        "loss": loss,
+        "grad_norm": grad_norm,
+        "domain_loss": sums / jnp.maximum(counts, 1.0),
+        "domain_tokens": counts,
+        **_step_health(new_state, ok),
+    }
+    return new_state, metrics
+
+
+def doremi_step(
+    state: TrainState,
+    batch: Batch,
+    reference_params: Any,
+    *,
+    model,
+    reference_model,
+    tx,
+    weight_tx,
+    num_domains: int,
+    mode: str = "reweight",
+    microbatches: int = 1,
+    accumulation: str = "exact",
+):
+    """The DoReMi proxy step.
+
+    mode: `reweight` (the paper: the proxy minimises Σ_i α_t[i]·mean_i(ℓ_θ)) or `resample`
+    (the data are sampled by α and the loss is the plain token mean).
+    accumulation (microbatches > 1): `exact` computes λ_t and α_t from the whole global
+    batch first (one extra proxy forward), so the step equals the unaccumulated one;
+    `fast` weights the gradient by α_{t−1}, as the reference PyTorch implementation does.
+    """
+    ids, mask = batch["domain_ids"], batch["decoder_loss_weights"]
+    _, counts = dro.domain_sums(mask, ids, mask, num_domains)
+    total_tokens = jnp.maximum(mask.sum(), 1.0)
+
+    def objective(tl, mb, weights):
+        if mode == "reweight":
+            sums, _ = dro.domain_sums(tl, mb["domain_ids"], mb["decoder_loss_weights"], num_domains)
+            # Σ_i α[i]·sum_i/count_i with the counts of the global batch, so that the
+            # microbatch terms add up to Σ_i α[i]·mean_i over the whole batch (Eq. in §2.2).
+            return jnp.sum(jax.lax.stop_gradient(weights) * sums / jnp.maximum(counts, 1.0))
+        return jnp.sum(tl * mb["decoder_loss_weights"]) / total_tokens
+
+    def reference_losses(mb):
+        # Forward only: nothing is differentiated through the reference.
+        return jax.lax.stop_gradient(token_losses(reference_model, reference_params, mb))
+
+    def excess_sums(proxy_tl, ref_tl, mb):
+        excess = jnp.maximum(proxy_tl - ref_tl, 0.0)
+        proxy_sums, _ = dro.domain_sums(proxy_tl, mb["domain_ids"], mb["decoder_loss_weights"], num_domains)
+        ref_sums, _ = dro.domain_sums(ref_tl, mb["domain_ids"], mb["decoder_loss_weights"], num_domains)
+        exc_sums, _ = dro.domain_sums(excess, mb["domain_ids"], mb["decoder_loss_weights"], num_domains)
+        return exc_sums, proxy_sums, ref_sums
+
+    def update_weights(exc_sums):
+        lam = exc_sums / jnp.maximum(counts, 1.0)
+        updates, dro_state = weight_tx.update(lam, state.dro_state, state.domain_weights)
+        return lam, optax.apply_updates(state.domain_weights, updates), dro_state
+
+    if microbatches == 1:
+        # One pass: α_t depends on this batch's proxy losses, which the forward gives
+        # before the gradient is weighted (exact without an extra forward).
+        ref_tl = reference_losses(batch)
+
+        def loss_fn(params):
+            tl = token_losses(model, params, batch)
+            sums = excess_sums(jax.lax.stop_gradient(tl), ref_tl, batch)
+            lam, alpha, dro_state = update_weights(sums[0])
+            return objective(tl, batch, alpha), (sums, lam, alpha, dro_state)
+
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (_, proxy_sums, ref_sums), lam, alpha, dro_state = aux
+    elif accumulation == "exact":
+        def forward(mb):
+            return excess_sums(token_losses(model, state.params, mb), reference_losses(mb), mb)
+
+        _, proxy_sums, ref_sums = sums = _sum_over_microbatches(forward, batch, microbatches)
+        lam, alpha, dro_state = update_weights(sums[0])
+
+        def loss_and_grad(mb):
+            return jax.value_and_grad(lambda p: objective(token_losses(model, p, mb), mb, alpha))(state.params)
+
+        loss, grads = _sum_over_microbatches(loss_and_grad, batch, microbatches)
+    elif accumulation == "fast":
+        def loss_and_grad(mb):
+            def loss_fn(params):
+                tl = token_losses(model, params, mb)
+                return objective(tl, mb, state.domain_weights), tl
+
+            (loss, tl), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+            return loss, grads, excess_sums(tl, reference_losses(mb), mb)
+
+        loss, grads, sums = _sum_over_microbatches(loss_and_grad, batch, microbatches)
+        _, proxy_sums, ref_sums = sums
+        lam, alpha, dro_state = update_weights(sums[0])
+    else:
+        raise ValueError(f"accumulation={accumulation!r}: expected 'exact' or 'fast'")
+
+    lam_ok = jnp.all(jnp.isfinite(lam)) & jnp.all(jnp.isfinite(alpha))
+    new_state, grad_norm, ok = _finish(
+        state, grads, loss, tx, lam_ok, domain_weights=alpha, dro_state=dro_state
+    )
+    denom = jnp.maximum(counts, 1.0)
+    metrics = {
+        "loss": loss,
+        "grad_norm": grad_norm,
+        "domain_loss": proxy_sums / denom,
+        "reference_domain_loss": ref_sums / denom,
+        "excess_loss": lam,
+        "domain_weights": alpha,
+        "average_domain_weights": dro_state.average,
+        "domain_tokens": counts,
+        **_step_health(new_state, ok),
+    }
+    return new_state, metrics
+
+
+def eval_step(params, batch: Batch, *, model, num_domains: int):
+    """Per-domain sum of token losses (nats) and token counts over one batch."""
+    tl = token_losses(model, params, batch)
+    return dro.domain_sums(tl, batch["domain_ids"], batch["decoder_loss_weights"], num_domains)

@@ -1,0 +1,43 @@
+"""doremi_jax: DoReMi domain reweighting and LM pretraining in JAX/Flax."""
+
+import setuptools
+
+# Ranges seen to install together on Python 3.11 (pip 23, 2026-11-28): the
+# tensorflow / tensorflow-text / seqio triple constrains numpy and protobuf; the
+# JAX side (jax, flax, optax, orbax) does not depend on tensorflow at all.
+CORE = [
+    "jax>=0.7,<0.11",
+    "flax>=0.11,<0.13",
+    "optax>=0.2.5,<0.3",
+    "orbax-checkpoint>=0.11,<0.13",
+    "gin-config>=0.5,<0.6",
+    "ml_collections>=1.0,<1.2",
+    "numpy>=1.26,<2.5",
+    "etils[epath]>=1.7",
+]
+DATA = [
+    "seqio>=0.0.19,<0.1",
+    "tensorflow>=2.18,<2.22",
+    "tensorflow-text>=2.18,<2.22",
+    "tensorflow-datasets>=4.9,<4.10",
+    "sentencepiece>=0.2,<0.3",
+]
+SUMMARIES = [
+    "clu>=0.0.12,<0.1",
+    "tensorboard>=2.18,<2.22",
+    "matplotlib>=3.8,<3.12",
+]
+
+setuptools.setup(
+    name="doremi_jax",
+    version="0.1.0",
+    description="DoReMi: optimizing data mixtures for LM pretraining, in JAX/Flax.",
+    packages=setuptools.find_packages(include=["doremi_jax", "doremi_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=CORE + DATA + SUMMARIES,
+    extras_require={
+        # The accelerator image has only the JAX side: `pip install --no-deps -e .`
+        # there, plus gin-config and ml_collections; bench runs on that alone.
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"],
+    },
+)
