@@ -27,7 +27,9 @@ class Checkpointer:
             enable_async_checkpointing=asynchronous,
             cleanup_tmp_directories=True,
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_handlers=ocp.PyTreeCheckpointHandler()
+        )
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -59,12 +61,15 @@ def restore_params(directory: str, abstract_params: Any) -> Any:
     if not os.path.isdir(directory):
         raise CheckpointError(f"no checkpoint folder {directory!r}")
     options = ocp.CheckpointManagerOptions(create=False, read_only=True)
-    manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+    manager = ocp.CheckpointManager(
+        os.path.abspath(directory), options=options, item_handlers=ocp.PyTreeCheckpointHandler()
+    )
     step = manager.latest_step()
     if step is None:
         raise CheckpointError(f"no complete checkpoint in {directory!r}")
     saved = manager.item_metadata(step)
-    saved_params = saved["params"] if isinstance(saved, dict) else getattr(saved, "params", None)
+    saved = getattr(saved, "tree", saved)
+    saved_params = saved.get("params") if isinstance(saved, dict) else None
     want = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
     have = dict(jax.tree_util.tree_flatten_with_path(saved_params)[0]) if saved_params is not None else {}
     for path, leaf in want:

@@ -43,6 +43,11 @@ def main(run: Callable[[list[str], list[str], list[str]], None], argv: Sequence[
     """Split argv into gin files, bindings and the rest, then call `run`; known errors
     become one line on stderr and exit status 1 (2 for bad arguments)."""
     logging.basicConfig(level=os.environ.get("DOREMI_LOGLEVEL", "WARNING"), format="%(levelname)s %(message)s")
+    if "DOREMI_LOGLEVEL" not in os.environ:
+        from absl import logging as absl_logging  # orbax logs routine events as warnings
+
+        absl_logging.set_verbosity(absl_logging.ERROR)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         files, bindings, rest = config.split_argv(argv)

@@ -1,5 +1,8 @@
 """A corpus of domains on disk: `DATA_DIR/<domain>/{train,validation}.jsonl` (or `.txt`).
 
+A domain may instead hold pre-tokenized data, `<split>.tokens.npy`: one int array of
+token ids with documents separated by EOS (id 1).
+
 Each domain's split is tokenized once into a `TokenStream` (documents concatenated,
 each followed by EOS) and cached as `.npy` under the cache directory, keyed by the
 files' names, sizes and modification times and by the vocabulary.
@@ -146,6 +149,25 @@ def _fingerprint(files: Sequence[str], vocab, text_field: str) -> str:
     return h.hexdigest()[:20]
 
 
+def load_pretokenized(path: str, domain: str, vocab) -> TokenStream:
+    try:
+        tokens = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise CorpusError(f"domain {domain!r}: cannot read {path!r} ({e})") from None
+    if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
+        raise CorpusError(f"domain {domain!r}: {path!r} must be a 1-D integer array of token ids")
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab.vocab_size):
+        raise CorpusError(
+            f"domain {domain!r}: {path!r} has ids outside the vocabulary [0, {vocab.vocab_size})"
+        )
+    tokens = tokens.astype(np.int32)
+    ends = np.flatnonzero(tokens == vocab.eos_id)
+    starts = np.r_[0, ends[:-1] + 1] if ends.size else np.zeros(1, np.int64)
+    starts = starts[starts < tokens.size].astype(np.int64)
+    # No text to count: a token stands for one byte in bits-per-byte.
+    return TokenStream(tokens, starts, int(tokens.size))
+
+
 def load_stream(
     data_dir: str,
     domain: str,
@@ -158,9 +180,17 @@ def load_stream(
     folder = os.path.join(data_dir, domain)
     if not os.path.isdir(folder):
         raise CorpusError(f"domain {domain!r}: folder {folder!r} does not exist")
+    pretokenized = os.path.join(folder, f"{split}.tokens.npy")
+    if os.path.exists(pretokenized):
+        stream = load_pretokenized(pretokenized, domain, vocab)
+        if stream.num_tokens == 0:
+            raise CorpusError(f"domain {domain!r}: {pretokenized!r} is empty")
+        return stream
     files = split_files(data_dir, domain, split)
     if not files:
-        raise CorpusError(f"domain {domain!r}: no {split}*.jsonl or {split}*.txt in {folder!r}")
+        raise CorpusError(
+            f"domain {domain!r}: no {split}*.jsonl, {split}*.txt or {split}.tokens.npy in {folder!r}"
+        )
     cache = os.path.join(cache_dir or default_cache_dir(), "tokens", _fingerprint(files, vocab, text_field))
     path = os.path.join(cache, f"{domain}.{split}.npz")
     if os.path.exists(path):

@@ -55,6 +55,7 @@ class TransformerConfig:
     scan_layers: bool = False
     rope_theta: float = 10_000.0
     norm_eps: float = 1e-6
+    embed_init_std: float = 0.02
 
     def __post_init__(self):
         if self.remat_policy not in REMAT_POLICIES:
@@ -194,10 +195,13 @@ class Transformer(nn.Module):
             dtype=cfg.compute_dtype,
             param_dtype=cfg.weight_dtype,
             embedding_init=nn.with_logical_partitioning(
-                nn.initializers.normal(stddev=1.0), ("vocab", "embed")
+                nn.initializers.normal(stddev=cfg.embed_init_std), ("vocab", "embed")
             ),
             name="embed",
         )
+        # Small embeddings (GPT-2 and Llama use std 0.02) make the first prediction nearly
+        # uniform: a model at initialisation has no excess loss on a domain with nothing
+        # to learn, which DoReMi's λ relies on.
         x = nn.with_logical_constraint(embed(tokens), (BATCH, LENGTH, ACT_EMBED))
 
         block = Block
@@ -221,7 +225,7 @@ class Transformer(nn.Module):
 
         x = RMSNorm(cfg, name="final_norm")(x)
         if cfg.tied_embeddings:
-            logits = embed.attend(x) * cfg.embed_dim**-0.5
+            logits = embed.attend(x)
         else:
             logits = nn.Dense(
                 cfg.vocab_size,

@@ -1,0 +1,64 @@
+"""Small corpora and configs made by the tests themselves."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+from doremi_jax.data.inputs import DataConfig
+from doremi_jax.models import TransformerConfig
+from doremi_jax.train.loop import DroConfig, TrainConfig
+from doremi_jax.train.state import OptimizerConfig
+
+TINY = TransformerConfig(vocab_size=259, embed_dim=64, num_layers=2, num_heads=4, head_dim=16, mlp_dim=256, max_length=128)
+
+
+def write_corpus(root: str, docs: dict[str, list[str]], validation_fraction: float = 0.15) -> str:
+    for domain, texts in docs.items():
+        folder = os.path.join(root, domain)
+        os.makedirs(folder, exist_ok=True)
+        n_val = max(1, int(len(texts) * validation_fraction))
+        for split, part in (("validation", texts[:n_val]), ("train", texts[n_val:])):
+            with open(os.path.join(folder, f"{split}.jsonl"), "w") as f:
+                for t in part:
+                    f.write(json.dumps({"text": t}) + "\n")
+    return root
+
+
+def write_three_domain_corpus(root: str, seed: int = 0, docs_per_domain: int = 200) -> str:
+    """The known-answer problem for DoReMi.
+
+    learnable: real English (standard-library docstrings), which keeps improving for a
+    long time; noise: token ids uniform over the 256 byte ids, written pre-tokenized
+    (nothing to learn: a model at initialisation is already optimal); easy: one phrase
+    repeated (learned at once).
+    """
+    import numpy as np
+
+    from doremi_jax.data import demo
+
+    rng = random.Random(seed)
+    _, prose = demo._code_and_prose()
+    rng.shuffle(prose)
+    easy = ["abc " * rng.randint(100, 200) for _ in range(docs_per_domain)]
+    write_corpus(root, {"learnable": prose[:docs_per_domain], "easy": easy})
+    np_rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(root, "noise"), exist_ok=True)
+    for split, n in (("train", 30_000), ("validation", 10_000)):
+        tokens = np_rng.integers(3, 259, n).astype(np.int32)
+        tokens[np_rng.integers(0, n, n // 600)] = 1  # EOS: ~600-token documents
+        np.save(os.path.join(root, "noise", f"{split}.tokens.npy"), tokens)
+    return root
+
+
+def train_kwargs(data_dir: str, steps: int, batch: int = 16, length: int = 64, **config) -> dict:
+    return dict(
+        model=TINY,
+        data=DataConfig(data_dir=data_dir, corpus_name="synthetic"),
+        optimizer=OptimizerConfig(learning_rate=3e-3, warmup_steps=10),
+        config=TrainConfig(
+            train_steps=steps, batch_size=batch, sequence_length=length, log_every=1000,
+            checkpoint_every=1000, eval_tokens_per_domain=2048, **config,
+        ),
+    )
