@@ -67,6 +67,22 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
         gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=False)
     except (ValueError, KeyError, SyntaxError, IOError) as e:
         raise ConfigError(f"gin: {_first_line(e)}") from None
+    unset = sorted(name for name in macros() if _is_required(gin.query_parameter(f"%{name}")))
+    if unset:
+        raise ConfigError(
+            "gin: required macro(s) not set: "
+            + ", ".join(f"{n} (--gin.{n}=...)" for n in unset)
+        )
+
+
+def macros() -> list[str]:
+    """Names of the gin macros bound so far (gin keeps them as `gin.macro` bindings)."""
+    return [scope for scope, selector in gin.config._CONFIG if selector == "gin.macro"]
+
+
+def _is_required(value) -> bool:
+    # `X = %gin.REQUIRED` stores a reference to gin's REQUIRED marker.
+    return repr(value) == "%gin.REQUIRED"
 
 
 def _first_line(e: BaseException) -> str:

@@ -8,6 +8,7 @@ rules list maps those names to mesh axes, so one gin file switches strategies.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -89,6 +90,14 @@ def make_mesh(cfg: MeshConfig = MeshConfig(), devices: Sequence[Any] | None = No
             # CPU and some GPU platforms have no topology to follow.
             grid = np.asarray(devices).reshape(shape)
     return Mesh(grid, MESH_AXES)
+
+
+@contextlib.contextmanager
+def activate(mesh: Mesh, rules: Sequence):
+    """Make `mesh` and the logical rules current, so that the models' activation
+    constraints (`nn.with_logical_constraint`) resolve to mesh axes while tracing."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
+        yield
 
 
 def logical_shardings(logical_specs: Any, mesh: Mesh, rules: Sequence) -> Any:

@@ -86,7 +86,7 @@ class Evaluator:
     def __call__(self, params) -> PerplexityResult:
         k = len(self.domains)
         sums, counts = np.zeros(k), np.zeros(k)
-        with self.mesh, nn.logical_axis_rules(self.rules):
+        with sharding.activate(self.mesh, self.rules):
             outs = [self._step(params, b) for b in self.batches]
         for s, c in jax.device_get(outs):
             sums += s

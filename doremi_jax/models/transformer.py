@@ -116,33 +116,34 @@ def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
 class Attention(nn.Module):
     cfg: TransformerConfig
 
+    def _kernel(self, name, shape, names, fan_in):
+        init = nn.with_logical_partitioning(_dense_init(fan_in), names)
+        kernel = self.param(name, init, shape, self.cfg.weight_dtype)
+        return kernel.astype(self.cfg.compute_dtype)
+
     @nn.compact
     def __call__(self, x, positions, segment_ids):
         cfg = self.cfg
-        dense = functools.partial(
-            nn.DenseGeneral,
-            dtype=cfg.compute_dtype,
-            param_dtype=cfg.weight_dtype,
-            use_bias=False,
+        # Explicit 3-D kernels (not DenseGeneral, which initialises a flat 2-D matrix and
+        # so cannot carry three logical axis names under an active mesh).
+        shape, names = (cfg.embed_dim, cfg.num_heads, cfg.head_dim), ("embed", "heads", "kv")
+        q, k, v = (
+            jnp.einsum("ble,ehd->blhd", x, self._kernel(n, shape, names, cfg.embed_dim))
+            for n in ("query", "key", "value")
         )
-        qkv_init = nn.with_logical_partitioning(_dense_init(cfg.embed_dim), ("embed", "heads", "kv"))
-        shape = (cfg.num_heads, cfg.head_dim)
-        q = dense(features=shape, kernel_init=qkv_init, name="query")(x)
-        k = dense(features=shape, kernel_init=qkv_init, name="key")(x)
-        v = dense(features=shape, kernel_init=qkv_init, name="value")(x)
         q, k = rotary(q, positions, cfg.rope_theta), rotary(k, positions, cfg.rope_theta)
-        names = (BATCH, LENGTH, ACT_HEADS, None)
-        q, k, v = (nn.with_logical_constraint(t, names) for t in (q, k, v))
+        act_names = (BATCH, LENGTH, ACT_HEADS, None)
+        q, k, v = (nn.with_logical_constraint(t, act_names) for t in (q, k, v))
         # Causal within a document; padding (segment 0) only attends to itself so
         # that no row of the softmax is empty.
         same_doc = segment_ids[:, :, None] == segment_ids[:, None, :]
-        mask = same_doc[:, None, :, :]
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True)
-        out = nn.with_logical_constraint(out, names)
-        out_init = nn.with_logical_partitioning(
-            _dense_init(cfg.num_heads * cfg.head_dim), ("heads", "kv", "embed")
+        out = jax.nn.dot_product_attention(q, k, v, mask=same_doc[:, None], is_causal=True)
+        out = nn.with_logical_constraint(out, act_names)
+        w_out = self._kernel(
+            "out", (cfg.num_heads, cfg.head_dim, cfg.embed_dim), ("heads", "kv", "embed"),
+            cfg.num_heads * cfg.head_dim,
         )
-        return dense(features=cfg.embed_dim, axis=(-2, -1), kernel_init=out_init, name="out")(out)
+        return jnp.einsum("blhd,hde->ble", out, w_out)
 
 
 class GatedMLP(nn.Module):

@@ -117,7 +117,7 @@ def _check_workdir_identity(workdir: str, identity: dict, overwrite: bool) -> No
         os.replace(tmp, path)
 
 
-def _check_writable(workdir: str) -> None:
+def check_writable(workdir: str) -> None:
     try:
         os.makedirs(workdir, exist_ok=True)
         probe = os.path.join(workdir, f".write-probe-{os.getpid()}")
@@ -132,7 +132,7 @@ def abstract_params(model_cfg: TransformerConfig, mesh, rules):
     """Shapes and shardings of a model's parameters, without allocating them."""
     dummy = jnp.zeros((1, min(8, model_cfg.max_length)), jnp.int32)
     init = lambda r: Transformer(model_cfg).init(r, dummy)["params"]  # noqa: E731
-    with mesh, nn.logical_axis_rules(list(rules)):
+    with sharding.activate(mesh, rules):
         boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
         shardings = sharding.logical_shardings(nn.get_partition_spec(boxed), mesh, rules)
     abstract = jax.tree.map(
@@ -160,7 +160,7 @@ def init_state(model_cfg, tx, weights, rng, mesh, rules, weight_tx):
 
     _, param_shardings = abstract_params(model_cfg, mesh, rules)
     alpha = jax.ShapeDtypeStruct((weights.shape[0],), jnp.float32)
-    with mesh, nn.logical_axis_rules(list(rules)):
+    with sharding.activate(mesh, rules):
         abstract = jax.eval_shape(init_fn, rng, alpha)
         # Optimizer moments follow their parameters; everything else is replicated.
         state_shardings = _state_shardings(abstract, param_shardings, mesh)
@@ -211,7 +211,7 @@ def train(
     if doremi.mode not in ("reweight", "resample"):
         raise TrainingError(f"DroConfig.mode={doremi.mode!r}: expected 'reweight' or 'resample'")
     primary = jax.process_index() == 0
-    _check_writable(workdir)
+    check_writable(workdir)
 
     # --- Set-up: corpus, mesh, checks that fail before anything is compiled.
     corpus = inputs.build_corpus(data)
@@ -337,7 +337,7 @@ def train(
     avg_history: list[np.ndarray] = []
 
     # --- The loop.
-    with device_mesh, nn.logical_axis_rules(list(mesh.rules)), _Preemption() as preemption:
+    with sharding.activate(device_mesh, mesh.rules), _Preemption() as preemption:
         weights = np.asarray(state.domain_weights) if live_rates else fixed_sampling
         batch = next_batch(start, weights) if start < config.train_steps else None
         pending = None  # the previous step's metrics, read one step late to keep the device busy

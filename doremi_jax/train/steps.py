@@ -68,7 +68,7 @@ def _apply_if_finite(state: TrainState, new_state: TrainState, ok: jax.Array) ->
 def _finish(state, grads, loss, tx, extra_ok, **replace):
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & extra_ok
     new_state = state.replace(params=params, opt_state=opt_state, **replace)
     return _apply_if_finite(state, new_state, ok), grad_norm, ok

@@ -1,0 +1,116 @@
+"""The train entry end to end: files written, resume, gin overrides, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from doremi_jax import cli
+from doremi_jax.train import __main__ as train_main
+
+from conftest import REPO
+
+TINY_RUN = ["--gin_file=gin/runs/reference.gin", "--gin_file=gin/models/tiny.gin",
+            "--gin.BATCH_SIZE=8", "--gin.SEQUENCE_LENGTH=64", "--gin.TrainConfig.eval_tokens_per_domain=512"]
+
+
+def run_cli(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "doremi_jax.train", *args], cwd=REPO, capture_output=True, text=True,
+        env={**os.environ, **(env or {})}, timeout=600,
+    )
+
+
+def test_train_writes_outputs_and_resumes(tmp_path):
+    workdir = str(tmp_path / "r")
+    first = run_cli(*TINY_RUN, "--gin.TRAIN_STEPS=10", f"--workdir={workdir}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 11))
+    assert os.listdir(os.path.join(workdir, "tensorboard"))
+    assert "10" in os.listdir(os.path.join(workdir, "checkpoints"))
+    config = open(os.path.join(workdir, "config.gin")).read()
+    assert "TrainConfig.train_steps = 10" in config or "TRAIN_STEPS = 10" in config
+    second = run_cli(*TINY_RUN, "--gin.TRAIN_STEPS=20", f"--workdir={workdir}")
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "resuming from step 10" in second.stdout
+    assert "20" in os.listdir(os.path.join(workdir, "checkpoints"))
+    steps = [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl")) if '"loss"' in line]
+    assert steps == list(range(1, 21))
+
+
+def in_process(args, capsys):
+    """Run the entry in this process; returns (exit code, stderr)."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(train_main.run, args)
+        raise SystemExit(0)
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def test_gin_override_reaches_the_model(tmp_path, capsys):
+    workdir = str(tmp_path / "o")
+    code, err = in_process([*TINY_RUN, "--gin.TRAIN_STEPS=2", "--gin.TransformerConfig.num_layers=1", f"--workdir={workdir}"], capsys)
+    assert code == 0, err
+    assert json.load(open(os.path.join(workdir, "run.json")))["model"]["num_layers"] == 1
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("done") / "run")
+    with pytest.raises(SystemExit) as e:
+        cli.main(train_main.run, [*TINY_RUN, "--gin.TRAIN_STEPS=2", f"--workdir={workdir}"])
+        raise SystemExit(0)
+    assert e.value.code == 0
+    return workdir
+
+
+BAD = [
+    (["--gin.NoSuchThing.x=1"], 2, "gin:"),
+    (["--gin_file=gin/models/missing.gin"], 2, "gin file 'gin/models/missing.gin' not found"),
+    (["--gin.BATCH_SIZE=12"], 1, "BATCH_SIZE=12 is not divisible by the 8 data-parallel devices"),
+    (["--gin.SEQUENCE_LENGTH=4096"], 1, "SEQUENCE_LENGTH=4096 exceeds the model's max_length=256"),
+    (["--gin.MeshConfig.data=3"], 1, "needs 3 devices, but 8 are available"),
+    (["--gin.REFERENCE_WEIGHTS='/nonexistent/w.json'"], 1, "weights file '/nonexistent/w.json' does not exist"),
+    (["--gin.DATA_DIR='/nonexistent/data'"], 1, "DATA_DIR '/nonexistent/data' does not exist"),
+    (["--gin.TransformerConfig.vocab_size=100"], 1, "vocabulary has 259 ids but TransformerConfig.vocab_size=100"),
+]
+
+
+@pytest.mark.parametrize("extra, code, message", BAD)
+def test_bad_input_is_one_clear_line(tmp_path, capsys, extra, code, message):
+    workdir = tmp_path / "w"
+    got, err = in_process([*TINY_RUN, "--gin.TRAIN_STEPS=2", *extra, f"--workdir={workdir}"], capsys)
+    assert got == code, err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_workdir_of_another_experiment_is_refused_and_kept(finished_run, capsys):
+    before = {f: os.path.getmtime(os.path.join(finished_run, f)) for f in os.listdir(finished_run)}
+    code, err = in_process([*TINY_RUN, "--gin.TRAIN_STEPS=2", "--gin.TransformerConfig.num_layers=3", f"--workdir={finished_run}"], capsys)
+    assert code == 1 and "holds another run (differs in ['model'])" in err
+    after = {f: os.path.getmtime(os.path.join(finished_run, f)) for f in os.listdir(finished_run)}
+    assert before == after
+
+
+def test_proxy_needs_its_reference(tmp_path, capsys):
+    proxy = ["--gin_file=gin/runs/proxy.gin", "--gin_file=gin/models/tiny.gin", "--gin.BATCH_SIZE=8", "--gin.TRAIN_STEPS=2"]
+    code, err = in_process([*proxy, f"--workdir={tmp_path / 'p1'}"], capsys)
+    assert code == 2 and "REFERENCE_DIR" in err
+    code, err = in_process([*proxy, f"--gin.REFERENCE_DIR='{tmp_path / 'nothing'}'", f"--workdir={tmp_path / 'p2'}"], capsys)
+    assert code == 1 and "reference model: no checkpoint folder" in err
+
+
+def test_reference_of_another_shape_is_refused(finished_run, tmp_path, capsys):
+    proxy = ["--gin_file=gin/runs/proxy.gin", "--gin_file=gin/models/tiny.gin", "--gin.BATCH_SIZE=8",
+             "--gin.TRAIN_STEPS=2", "--gin.TransformerConfig.embed_dim=32", f"--gin.REFERENCE_DIR='{finished_run}'"]
+    code, err = in_process([*proxy, f"--workdir={tmp_path / 'p'}"], capsys)
+    assert code == 1 and "has shape (259, 64), the model expects (259, 32)" in err
+
+
+def test_unwritable_workdir(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code, err = in_process([*TINY_RUN, f"--workdir={blocker / 'run'}"], capsys)
+    assert code == 1 and "is not writable" in err
