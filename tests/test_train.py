@@ -106,7 +106,7 @@ def test_reference_of_another_shape_is_refused(finished_run, tmp_path, capsys):
     proxy = ["--gin_file=gin/runs/proxy.gin", "--gin_file=gin/models/tiny.gin", "--gin.BATCH_SIZE=8",
              "--gin.TRAIN_STEPS=2", "--gin.TransformerConfig.embed_dim=32", f"--gin.REFERENCE_DIR='{finished_run}'"]
     code, err = in_process([*proxy, f"--workdir={tmp_path / 'p'}"], capsys)
-    assert code == 1 and "has shape (259, 64), the model expects (259, 32)" in err
+    assert code == 1 and "has shape (384, 64), the model expects (384, 32)" in err
 
 
 def test_unwritable_workdir(tmp_path, capsys):

@@ -41,7 +41,7 @@ REMAT_POLICIES = {
 class TransformerConfig:
     """Sizes and numerics of the model; bound by gin/models/*.gin."""
 
-    vocab_size: int = 259  # seqio.ByteVocabulary: 256 bytes + pad, eos, unk.
+    vocab_size: int = 384  # seqio.ByteVocabulary (256 bytes + pad, eos, unk), padded to 128s
     embed_dim: int = 128
     num_layers: int = 2
     num_heads: int = 4
