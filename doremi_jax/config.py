@@ -121,6 +121,24 @@ def config_str() -> str:
     return gin.config_str()
 
 
+def train_with_gin(workdir: str, gin_files: Sequence[str], bindings: Sequence[str], **overrides):
+    """Parse a run's gin, record it in workdir/config.gin, train; returns the run summary.
+
+    What `python -m doremi_jax.train` does, callable from the pipeline. config.gin is
+    written up front only where there is none (another run's record is never
+    overwritten before the workdir checks pass), and replaced by the operative config
+    (what the run actually used, as T5X writes it) when the run returns.
+    """
+    loop.check_writable(workdir)
+    parse(gin_files, [f"MODEL_DIR = '{workdir}'", *bindings])
+    config_path = os.path.join(workdir, "config.gin")
+    if not os.path.exists(config_path):
+        write_file(config_path, config_str())
+    summary = configurable("train")(workdir, **overrides)
+    write_file(config_path, operative_config())
+    return summary
+
+
 def write_file(path: str, text: str) -> None:
     import jax
 

@@ -76,3 +76,61 @@ def read_metrics(workdir: str) -> list[dict]:
                 row = json.loads(line)
                 rows[(row["step"], tuple(sorted(row)))] = row
     return sorted(rows.values(), key=lambda r: r["step"])
+
+
+# --- Plots for the pipeline's report (matplotlib, written as PNG).
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_weights(path: str, domains: Sequence[str], series: Mapping[str, Sequence[float]], title: str) -> None:
+    """Grouped horizontal bars: one group per domain, one bar per named weight vector."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(domains) * max(1, len(series)) / 1.5))
+    height = 0.8 / max(1, len(series))
+    y = np.arange(len(domains))
+    for i, (name, values) in enumerate(series.items()):
+        bars = ax.barh(y + i * height, values, height, label=name)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
+    ax.set_yticks(y + height * (len(series) - 1) / 2, domains)
+    ax.invert_yaxis()
+    ax.set_xlabel("domain weight")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_lines(
+    path: str,
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    hline: tuple[float, str] | None = None,
+) -> None:
+    """One line per named (x, y) series; an optional labelled horizontal reference line."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, (x, y) in series.items():
+        ax.plot(x, y, label=name, linewidth=1.6)
+    if hline is not None:
+        ax.axhline(hline[0], color="gray", linestyle="--", linewidth=1, label=hline[1])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

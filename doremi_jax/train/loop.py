@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import time
 from typing import Any
@@ -89,32 +90,44 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+RUN_OUTPUTS = ("checkpoints", "tensorboard", "metrics.jsonl", "domain_weights.json", "eval_results.json", "summary.json")
+
+
 def _check_workdir_identity(workdir: str, identity: dict, overwrite: bool) -> None:
-    """Refuse a workdir holding another experiment's run unless told to overwrite."""
+    """Refuse a workdir holding another experiment's run; with overwrite, start afresh."""
     path = os.path.join(workdir, "run.json")
     if os.path.exists(path):
         with open(path) as f:
             previous = json.load(f)
-        if previous != identity and not overwrite:
+        if overwrite:
+            logging.warning("overwrite=True: removing the previous run in %s", workdir)
+            if jax.process_index() == 0:
+                for name in RUN_OUTPUTS:
+                    target = os.path.join(workdir, name)
+                    if os.path.isdir(target):
+                        shutil.rmtree(target)
+                    elif os.path.exists(target):
+                        os.remove(target)
+            sync_hosts("overwrite")
+        elif previous != identity:
             changed = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
             raise TrainingError(
                 f"workdir {workdir!r} holds another run (differs in {changed}); "
                 "use a new workdir or pass overwrite=True (--gin.train.overwrite=True)"
             )
-        if previous == identity:
-            return
-        logging.warning("overwrite=True: replacing the run in %s", workdir)
-        import shutil
-
-        shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)
-        for name in ("metrics.jsonl", "domain_weights.json", "eval_results.json"):
-            if os.path.exists(os.path.join(workdir, name)):
-                os.remove(os.path.join(workdir, name))
     if jax.process_index() == 0:
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(identity, f, indent=2, sort_keys=True)
         os.replace(tmp, path)
+
+
+def sync_hosts(name: str) -> None:
+    """A barrier across processes (no-op on one host)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def check_writable(workdir: str) -> None:
@@ -394,6 +407,7 @@ def train(
                     json.dump(result.to_json(), f, indent=2)
         writer.close()
     summary["domains"] = list(domains)
+    summary["sampling_weights"] = dict(zip(domains, np.asarray(fixed_sampling, float).tolist()))
     if run == "doremi":
         average = np.asarray(jax.device_get(state.dro_state.average), np.float64)
         summary["average_domain_weights"] = dict(zip(domains, average.tolist()))

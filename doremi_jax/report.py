@@ -1,0 +1,156 @@
+"""The pipeline's comparison (eval.json) and its human-readable report (report.md + PNGs)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from doremi_jax import metrics
+
+
+def _eval_curve(workdir: str) -> tuple[list[int], list[float]]:
+    """(steps, average log-perplexity) from a run's periodic evaluations."""
+    steps, values = [], []
+    for row in metrics.read_metrics(workdir):
+        if "eval/log_perplexity/average" in row:
+            steps.append(row["step"])
+            values.append(row["eval/log_perplexity/average"])
+    return steps, values
+
+
+def speedup(doremi_curve, baseline_curve) -> dict[str, Any]:
+    """Steps the DoReMi run needs to reach the baseline's final average log-perplexity,
+    and the ratio baseline steps / those steps (the paper's "2.6x faster")."""
+    b_steps, b_values = baseline_curve
+    d_steps, d_values = doremi_curve
+    if not b_steps or not d_steps:
+        return {"steps_to_baseline": None, "speedup": None}
+    target = b_values[-1]
+    for step, value in zip(d_steps, d_values):
+        if value <= target:
+            return {"steps_to_baseline": step, "speedup": b_steps[-1] / step, "baseline_final": target}
+    return {"steps_to_baseline": None, "speedup": None, "baseline_final": target}
+
+
+def compare(doremi_dir: str, baseline_dir: str, doremi_summary: Mapping, baseline_summary: Mapping) -> dict[str, Any]:
+    d, b = doremi_summary["eval"], baseline_summary["eval"]
+    domains = list(d["log_perplexity"])
+    improved = [x for x in domains if d["log_perplexity"][x] < b["log_perplexity"][x]]
+    return {
+        "domains": domains,
+        "doremi": d,
+        "baseline": b,
+        "domains_improved": len(improved),
+        "improved": improved,
+        **speedup(_eval_curve(doremi_dir), _eval_curve(baseline_dir)),
+    }
+
+
+def weights_table(domains: Sequence[str], baseline, doremi: Mapping[str, float]) -> str:
+    lines = ["| domain | baseline | DoReMi | ratio |", "|---|---:|---:|---:|"]
+    for i, dom in enumerate(domains):
+        ratio = doremi[dom] / baseline[i] if baseline[i] > 0 else float("inf")
+        lines.append(f"| {dom} | {baseline[i]:.4f} | {doremi[dom]:.4f} | {ratio:.2f}x |")
+    return "\n".join(lines)
+
+
+def eval_table(evaluation: Mapping[str, Any]) -> str:
+    d, b = evaluation["doremi"], evaluation["baseline"]
+    lines = [
+        "| domain | baseline log-ppl | DoReMi log-ppl | change |",
+        "|---|---:|---:|---:|",
+    ]
+    for dom in evaluation["domains"]:
+        lb, ld = b["log_perplexity"][dom], d["log_perplexity"][dom]
+        lines.append(f"| {dom} | {lb:.4f} | {ld:.4f} | {ld - lb:+.4f} |")
+    lines.append(f"| **average** | {b['average']:.4f} | {d['average']:.4f} | {d['average'] - b['average']:+.4f} |")
+    lines.append(
+        f"| **worst** | {b['worst']['log_perplexity']:.4f} ({b['worst']['domain']}) | "
+        f"{d['worst']['log_perplexity']:.4f} ({d['worst']['domain']}) | "
+        f"{d['worst']['log_perplexity'] - b['worst']['log_perplexity']:+.4f} |"
+    )
+    lines.append("")
+    lines.append(f"Domains improved: {evaluation['domains_improved']} of {len(evaluation['domains'])}.")
+    if evaluation.get("speedup"):
+        lines.append(
+            f"DoReMi reaches the baseline's final average log-perplexity at step "
+            f"{evaluation['steps_to_baseline']}: {evaluation['speedup']:.2f}x fewer steps."
+        )
+    else:
+        lines.append("DoReMi did not reach the baseline's final average log-perplexity within the run.")
+    return "\n".join(lines)
+
+
+def _alpha_trajectories(proxy_dir: str, domains: Sequence[str]):
+    steps, alphas = [], {d: [] for d in domains}
+    for row in metrics.read_metrics(proxy_dir):
+        if f"domain_weights/{domains[0]}" in row:
+            steps.append(row["step"])
+            for d in domains:
+                alphas[d].append(row[f"domain_weights/{d}"])
+    return steps, alphas
+
+
+def write_report(workdir: str, rounds: list[dict], evaluation: Mapping[str, Any], doremi_dir: str, baseline_dir: str) -> str:
+    domains = evaluation["domains"]
+    baseline = [evaluation["baseline_weights"][d] for d in domains]
+    final = rounds[-1]["average_domain_weights"]
+    metrics.plot_weights(
+        os.path.join(workdir, "weights.png"), domains,
+        {"baseline": baseline, **{f"DoReMi round {r['round']}": [r["average_domain_weights"][d] for d in domains] for r in rounds}},
+        "Domain weights",
+    )
+    for r in rounds:
+        steps, alphas = _alpha_trajectories(r["proxy_workdir"], domains)
+        metrics.plot_lines(
+            os.path.join(workdir, f"alpha_round_{r['round']}.png"),
+            {d: (steps, alphas[d]) for d in domains},
+            f"α_t over proxy steps (round {r['round']})", "proxy step", "domain weight α_t",
+        )
+    metrics.plot_weights(
+        os.path.join(workdir, "log_perplexity.png"), domains,
+        {"baseline": [evaluation["baseline"]["log_perplexity"][d] for d in domains],
+         "DoReMi": [evaluation["doremi"]["log_perplexity"][d] for d in domains]},
+        "Per-domain log-perplexity of the main models (nats/token, lower is better)",
+    )
+    d_curve, b_curve = _eval_curve(doremi_dir), _eval_curve(baseline_dir)
+    metrics.plot_lines(
+        os.path.join(workdir, "average_log_perplexity.png"),
+        {"baseline": b_curve, "DoReMi": d_curve},
+        "Average log-perplexity over training", "step", "average log-perplexity (nats/token)",
+        hline=(b_curve[1][-1], "baseline final") if b_curve[1] else None,
+    )
+
+    lines = [
+        "# DoReMi report",
+        "",
+        "## Domain weights",
+        "",
+        weights_table(domains, baseline, final),
+        "",
+        "![domain weights](weights.png)",
+        "",
+        "## Rounds",
+        "",
+        "| round | ‖ᾱ − α_ref‖∞ | proxy steps |",
+        "|---:|---:|---:|",
+        *[f"| {r['round']} | {r['linf_change']:.4f} | {r['proxy_steps']} ({r['proxy_stopped']}) |" for r in rounds],
+        "",
+        *[f"![α_t round {r['round']}](alpha_round_{r['round']}.png)" for r in rounds],
+        "",
+        "## Main models: DoReMi weights vs baseline weights",
+        "",
+        eval_table(evaluation),
+        "",
+        "![per-domain log-perplexity](log_perplexity.png)",
+        "",
+        "![average log-perplexity over training](average_log_perplexity.png)",
+        "",
+    ]
+    path = os.path.join(workdir, "report.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    return path

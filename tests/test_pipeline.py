@@ -1,0 +1,91 @@
+"""The pipeline end to end on tiny models: outputs, skip on rerun, redo after a change."""
+
+import json
+import os
+
+import pytest
+
+from doremi_jax import pipeline
+
+STAGES = ["round_1/reference", "round_1/proxy", "round_2/reference", "round_2/proxy", "main_doremi", "main_baseline"]
+TINY = ["gin/models/tiny.gin"]
+COMMON = ["BATCH_SIZE = 8", "SEQUENCE_LENGTH = 64", "TRAIN_STEPS = 16", "WARMUP_STEPS = 4",
+          "TrainConfig.eval_tokens_per_domain = 1024", "TrainConfig.log_every = 100"]
+
+
+def run(workdir, proxy_bindings=()):
+    return pipeline.run_pipeline(
+        str(workdir),
+        reference_gin=["gin/runs/reference.gin", *TINY],
+        proxy_gin=["gin/runs/proxy.gin", *TINY],
+        main_gin=["gin/runs/main.gin", *TINY],
+        common_bindings=COMMON,
+        proxy_bindings=list(proxy_bindings),
+        main_bindings=["TrainConfig.eval_every = 4"],
+        max_rounds=2,
+        tolerance=1e-9,  # never converged: both rounds run
+    )
+
+
+def mtimes(workdir):
+    return {s: os.path.getmtime(os.path.join(workdir, s, "summary.json")) for s in STAGES}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("pipe")
+    evaluation = run(workdir)
+    return workdir, evaluation
+
+
+def test_outputs(finished):
+    workdir, evaluation = finished
+    weights = json.load(open(workdir / "domain_weights.json"))
+    assert set(weights) == {"code", "noise", "prose", "repetitive"}
+    assert sum(weights.values()) == pytest.approx(1, abs=1e-5)
+    rounds = json.load(open(workdir / "rounds.json"))
+    assert [r["round"] for r in rounds] == [1, 2]
+    # Round 2's reference weights are round 1's ᾱ; the final weights are round 2's ᾱ.
+    assert rounds[1]["reference_weights"] == pytest.approx(rounds[0]["average_domain_weights"], abs=1e-6)
+    assert weights == pytest.approx(rounds[1]["average_domain_weights"], abs=1e-6)
+    for r in rounds:
+        change = max(abs(r["average_domain_weights"][d] - r["reference_weights"][d]) for d in weights)
+        assert r["linf_change"] == pytest.approx(change, abs=1e-6)
+    ev = json.load(open(workdir / "eval.json"))
+    assert ev == json.loads(json.dumps(evaluation))
+    for run_name in ("baseline", "doremi"):
+        lp = ev[run_name]["log_perplexity"]
+        assert set(lp) == set(weights)
+        assert ev[run_name]["average"] == pytest.approx(sum(lp.values()) / 4)
+        assert ev[run_name]["worst"]["log_perplexity"] == max(lp.values())
+    assert ev["domains_improved"] == sum(ev["doremi"]["log_perplexity"][d] < ev["baseline"]["log_perplexity"][d] for d in weights)
+    assert "speedup" in ev and "steps_to_baseline" in ev
+    # The main runs used the weights they were meant to.
+    doremi_sampled = json.load(open(workdir / "main_doremi" / "summary.json"))["sampling_weights"]
+    assert doremi_sampled == pytest.approx(weights, abs=1e-6)
+    report = open(workdir / "report.md").read()
+    for png in ("weights.png", "alpha_round_1.png", "alpha_round_2.png", "log_perplexity.png", "average_log_perplexity.png"):
+        assert f"]({png})" in report
+        assert (workdir / png).stat().st_size > 5000
+    assert "| **average** |" in report and "| noise |" in report
+
+
+def test_rerun_skips_and_a_changed_proxy_redoes_what_follows(finished, capsys):
+    workdir, first = finished
+    before = mtimes(workdir)
+    again = run(workdir)
+    assert mtimes(workdir) == before
+    assert again["doremi"] == first["doremi"]
+    assert capsys.readouterr().out.count("skipped") == len(STAGES)
+
+    old_weights = json.load(open(workdir / "domain_weights.json"))
+    run(workdir, proxy_bindings=["DroConfig.smoothing = 0.05"])
+    after = mtimes(workdir)
+    new_weights = json.load(open(workdir / "domain_weights.json"))
+    # Really retrained: with c = 0.05 every weight is at least c/k.
+    assert new_weights != old_weights and min(new_weights.values()) >= 0.05 / 4 - 1e-6
+    assert after["round_1/reference"] == before["round_1/reference"]
+    for stage in STAGES[1:5]:
+        assert after[stage] > before[stage], stage
+    # The baseline does not depend on DoReMi's weights: still skipped.
+    assert after["main_baseline"] == before["main_baseline"]
