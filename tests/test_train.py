@@ -114,3 +114,27 @@ def test_unwritable_workdir(tmp_path, capsys):
     blocker.write_text("not a folder")
     code, err = in_process([*TINY_RUN, f"--workdir={blocker / 'run'}"], capsys)
     assert code == 1 and "is not writable" in err
+
+
+def test_evaluate_reproduces_the_final_evaluation(finished_run, capsys):
+    from doremi_jax import evaluate
+
+    trained = json.load(open(os.path.join(finished_run, "eval_results.json")))
+    os.remove(os.path.join(finished_run, "eval_results.json"))
+    with pytest.raises(SystemExit) as e:
+        cli.main(evaluate.run, [*TINY_RUN, f"--workdir={finished_run}"])
+        raise SystemExit(0)
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    again = json.load(open(os.path.join(finished_run, "eval_results.json")))
+    assert again["log_perplexity"] == pytest.approx(trained["log_perplexity"], rel=1e-6)
+    assert f"{again['average']:.4f}" in out and "worst (" in out and "bits/byte" in out
+
+
+def test_evaluate_without_a_run(tmp_path, capsys):
+    from doremi_jax import evaluate
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(evaluate.run, [*TINY_RUN, f"--workdir={tmp_path / 'none'}"])
+    assert e.value.code == 1 and "no run to evaluate" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()

@@ -212,19 +212,22 @@ def train(
     doremi: DroConfig = DroConfig(),
     sampling_weights: str = "natural",
     overwrite: bool = False,
+    eval_only: bool = False,
 ) -> dict[str, Any]:
     """Train one model in `workdir` and return a summary (also written to summary.json).
 
     run: `lm` (reference and main models: the token-mean loss on data sampled by
     `sampling_weights`) or `doremi` (the proxy: Group DRO against `doremi.reference_workdir`).
-    Resumes from the latest checkpoint in `workdir/checkpoints`.
+    Resumes from the latest checkpoint in `workdir/checkpoints`. With `eval_only`, only
+    evaluates that checkpoint (`python -m doremi_jax.evaluate`).
     """
     if run not in ("lm", "doremi"):
         raise TrainingError(f"train.run={run!r}: expected 'lm' or 'doremi'")
     if doremi.mode not in ("reweight", "resample"):
         raise TrainingError(f"DroConfig.mode={doremi.mode!r}: expected 'reweight' or 'resample'")
     primary = jax.process_index() == 0
-    check_writable(workdir)
+    if not eval_only:
+        check_writable(workdir)
 
     # --- Set-up: corpus, mesh, checks that fail before anything is compiled.
     corpus = inputs.build_corpus(data)
@@ -254,7 +257,9 @@ def train(
         "vocab_size": vocab_size,
         "corpus": corpus.name,
     }
-    _check_workdir_identity(workdir, identity, overwrite)
+    if eval_only and not os.path.exists(os.path.join(workdir, "run.json")):
+        raise TrainingError(f"no run to evaluate in {workdir!r} (no run.json)")
+    _check_workdir_identity(workdir, identity, overwrite and not eval_only)
 
     n_params = param_count(model)
     logging.info("model: %s parameters (%.1fM)", f"{n_params:,}", n_params / 1e6)
@@ -275,8 +280,22 @@ def train(
     start = ckpt.latest_step()
     if start is not None:
         state = ckpt.restore(state)
-        print(f"resuming from step {start}", flush=True)
+        if not eval_only:
+            print(f"resuming from step {start}", flush=True)
+    elif eval_only:
+        raise TrainingError(f"no complete checkpoint in {os.path.join(workdir, 'checkpoints')!r} to evaluate")
     start = int(state.step)
+    evaluator = perplexity.Evaluator(
+        transformer, device_mesh, mesh.rules, param_shardings, corpus.streams["validation"],
+        domains, config.sequence_length, config.batch_size, config.eval_tokens_per_domain,
+    )
+    if eval_only:
+        ckpt.close()
+        result = evaluator(state.params)
+        if primary:
+            with open(os.path.join(workdir, "eval_results.json"), "w") as f:
+                json.dump(result.to_json(), f, indent=2)
+        return {"step": start, "domains": list(domains), "eval": result.to_json()}
 
     # --- The compiled step.
     batch_shard = sharding.batch_sharding(device_mesh)
@@ -330,10 +349,6 @@ def train(
         )
         run_step = step_fn
 
-    evaluator = perplexity.Evaluator(
-        transformer, device_mesh, mesh.rules, param_shardings, corpus.streams["validation"],
-        domains, config.sequence_length, config.batch_size, config.eval_tokens_per_domain,
-    )
     sampler = sampler_lib.MixtureSampler(
         corpus.streams["train"], config.sequence_length, config.seed, data.packing
     )
