@@ -1,0 +1,93 @@
+"""Sharding: the same proxy run on 1 device and on three 8-device meshes; params really split."""
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from doremi_jax import dro, sharding
+from doremi_jax.data.sampler import MixtureSampler
+from doremi_jax.train import loop, steps
+from doremi_jax.train.state import OptimizerConfig, make_optimizer
+
+from helpers import TINY
+from test_steps import K, streams
+
+DATA_PARALLEL_RULES = tuple((name, ("data", "fsdp") if name == "activation_batch" else None) for name, _ in sharding.DEFAULT_RULES)
+MESHES = {
+    "one_device": (sharding.MeshConfig(data=1), DATA_PARALLEL_RULES, 1),
+    "data8": (sharding.MeshConfig(data=8), DATA_PARALLEL_RULES, 8),
+    "fsdp4_tensor2": (sharding.MeshConfig(data=1, fsdp=4, tensor=2), sharding.DEFAULT_RULES, 8),
+    "data2_fsdp2_tensor2": (sharding.MeshConfig(data=2, fsdp=2, tensor=2), sharding.DEFAULT_RULES, 8),
+}
+STEPS, BATCH, LENGTH = 4, 16, 32
+
+
+def proxy_run(name):
+    mesh_cfg, rules, n = MESHES[name]
+    mesh = sharding.make_mesh(mesh_cfg, jax.devices()[:n])
+    tx = make_optimizer(OptimizerConfig(learning_rate=1e-2, warmup_steps=1), 100)
+    weight_tx = dro.multiplicative_weights(1.0, 1e-3)
+    alpha0 = np.full(K, 1 / K)
+    state, state_sh, param_sh = loop.init_state(TINY, tx, alpha0, jax.random.PRNGKey(0), mesh, rules, weight_tx)
+    ref_state, _, _ = loop.init_state(TINY, tx, alpha0, jax.random.PRNGKey(1), mesh, rules, weight_tx)
+    model = loop.Transformer(TINY)
+    step = jax.jit(
+        functools.partial(steps.doremi_step, model=model, reference_model=model, tx=tx, weight_tx=weight_tx, num_domains=K),
+        in_shardings=(state_sh, sharding.batch_sharding(mesh), param_sh),
+        out_shardings=(state_sh, sharding.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+    sampler = MixtureSampler(streams(), LENGTH, seed=0)
+    rows = sharding.local_batch_rows(mesh, BATCH)
+    losses, alphas = [], []
+    with sharding.activate(mesh, rules):
+        for t in range(STEPS):
+            batch = sharding.make_global_batch(mesh, sampler.batch(t, rows, alpha0), BATCH)
+            state, m = step(state, batch, ref_state.params)
+            losses.append(float(m["loss"]))
+            alphas.append(np.asarray(m["domain_weights"]))
+    return state, np.asarray(losses), np.asarray(alphas), param_sh
+
+
+@pytest.fixture(scope="module")
+def single():
+    return proxy_run("one_device")
+
+
+@pytest.mark.parametrize("name", ["data8", "fsdp4_tensor2", "data2_fsdp2_tensor2"])
+def test_meshes_match_one_device(single, name):
+    state1, losses1, alphas1, _ = single
+    state, losses, alphas, _ = proxy_run(name)
+    np.testing.assert_allclose(losses, losses1, rtol=2e-5)
+    np.testing.assert_allclose(alphas, alphas1, atol=2e-6)
+    np.testing.assert_allclose(np.asarray(state.dro_state.average), np.asarray(state1.dro_state.average), atol=2e-6)
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(state1.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
+    assert float(np.abs(alphas1[-1] - 1 / K).max()) > 1e-3
+
+
+def test_parameters_are_split_as_the_rules_say():
+    state, _, _, param_sh = proxy_run("fsdp4_tensor2")
+    up = state.params["layer_0"]["mlp"]["up"]["kernel"]  # (embed, mlp) -> (fsdp, tensor)
+    assert up.sharding.spec == P("fsdp", "tensor")
+    assert up.addressable_shards[0].data.shape == (TINY.embed_dim // 4, TINY.mlp_dim // 2)
+    query = state.params["layer_0"]["attention"]["query"]  # (embed, heads, kv)
+    assert query.sharding.spec == P("fsdp", "tensor", None)
+    embed = state.params["embed"]["embedding"]  # (vocab, embed)
+    assert embed.sharding.spec == P("tensor", "fsdp")
+    # Adam's moments follow their parameters.
+    mu = state.opt_state[1][0].mu["layer_0"]["mlp"]["up"]["kernel"]
+    assert mu.sharding.spec == P("fsdp", "tensor")
+    norm = state.params["final_norm"]["scale"]
+    assert norm.sharding.spec in (P(None), P())
+
+
+def test_mesh_errors():
+    with pytest.raises(ValueError, match="needs 6 devices, but 8 are available"):
+        sharding.make_mesh(sharding.MeshConfig(data=3, fsdp=2))
+    with pytest.raises(ValueError, match="does not divide the 8 devices"):
+        sharding.make_mesh(sharding.MeshConfig(data=-1, fsdp=3))
+    assert dict(sharding.make_mesh(sharding.MeshConfig(data=-1, tensor=2)).shape) == {"data": 4, "fsdp": 1, "tensor": 2}
