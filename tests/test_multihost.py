@@ -1,0 +1,65 @@
+"""Two CPU processes x 4 devices (jax.distributed, gloo) equal one process x 8 devices."""
+
+import json
+import os
+import socket
+import subprocess
+
+import jax
+import numpy as np
+import pytest
+
+from doremi_jax import checkpoints, cli, sharding
+from doremi_jax.train import __main__ as train_main
+from doremi_jax.train import loop
+
+from conftest import REPO
+from helpers import TINY
+
+COMMON = ["--gin_file=gin/models/tiny.gin", "--gin.BATCH_SIZE=8", "--gin.SEQUENCE_LENGTH=64",
+          "--gin.TrainConfig.eval_tokens_per_domain=512"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def in_process(args):
+    with pytest.raises(SystemExit) as e:
+        cli.main(train_main.run, args)
+        raise SystemExit(0)
+    assert e.value.code == 0
+
+
+def trajectory(workdir):
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    return np.asarray([[r[k] for k in sorted(r) if k.startswith("domain_weights/")] + [r["loss"]] for r in rows if "loss" in r])
+
+
+def test_two_processes_equal_one(tmp_path):
+    ref, single, multi = (str(tmp_path / n) for n in ("ref", "single", "multi"))
+    in_process(["--gin_file=gin/runs/reference.gin", *COMMON, "--gin.TRAIN_STEPS=4", f"--workdir={ref}"])
+    proxy = ["--gin_file=gin/runs/proxy.gin", *COMMON, "--gin.TRAIN_STEPS=6", f"--gin.REFERENCE_DIR='{ref}'"]
+    in_process([*proxy, f"--workdir={single}"])
+    out = subprocess.run(
+        ["bash", "launch/multiprocess_cpu.sh", "-n", "2", "-d", "4", "-p", str(free_port()), "train", *proxy, f"--workdir={multi}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+        env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    # Process 0 alone wrote metrics: one line per step, not two.
+    a, b = trajectory(single), trajectory(multi)
+    assert a.shape == b.shape == (6, 5)
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    w1 = json.load(open(os.path.join(single, "domain_weights.json")))
+    w2 = json.load(open(os.path.join(multi, "domain_weights.json")))
+    assert w2 == pytest.approx(w1, abs=1e-6)
+    # Final parameters of both runs, restored from their orbax checkpoints.
+    mesh_cfg = sharding.MeshConfig(data=-1)
+    abstract = loop.abstract_params(TINY, sharding.make_mesh(mesh_cfg), mesh_cfg.rules)[0]
+    p1 = checkpoints.restore_params(os.path.join(single, "checkpoints"), abstract)
+    p2 = checkpoints.restore_params(os.path.join(multi, "checkpoints"), abstract)
+    for x, y in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
+        np.testing.assert_allclose(np.asarray(y), np.asarray(x), atol=1e-5)
