@@ -41,7 +41,8 @@ DATASHEET_PEAK = {
 }
 
 BENCH_MODEL = TransformerConfig(
-    vocab_size=384, embed_dim=512, num_layers=4, num_heads=8, head_dim=64, mlp_dim=2048, max_length=512
+    vocab_size=384, embed_dim=512, num_layers=4, num_heads=8, head_dim=64, mlp_dim=2048, max_length=512,
+    attention_block_size=128,
 )
 
 

@@ -34,7 +34,7 @@ def register() -> None:
         loop.TrainConfig,
         loop.DroConfig,
     ):
-        gin.external_configurable(cls)
+        _CONFIGURABLE[cls.__name__] = gin.external_configurable(cls)
     _CONFIGURABLE["train"] = gin.external_configurable(loop.train, "train")
 
 

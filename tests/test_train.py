@@ -138,3 +138,23 @@ def test_evaluate_without_a_run(tmp_path, capsys):
         cli.main(evaluate.run, [*TINY_RUN, f"--workdir={tmp_path / 'none'}"])
     assert e.value.code == 1 and "no run to evaluate" in capsys.readouterr().err
     assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("experiment", ["demo", "pile_280m_to_8b", "pile_120m"])
+def test_experiment_files_parse_with_their_stage_files(experiment):
+    from doremi_jax import config, pipeline
+    from doremi_jax.models import param_count
+
+    config.register()
+    config.add_configurable("run_pipeline", pipeline.run_pipeline)
+    config.parse([f"gin/experiments/{experiment}.gin"], [])
+    import gin
+
+    stages = {k: gin.query_parameter(f"run_pipeline.{k}_gin") for k in ("reference", "proxy", "main")}
+    sizes = {}
+    for stage, files in stages.items():
+        config.parse(files, ["DATA_DIR = 'x'", "SPM_MODEL = 'x'", "REFERENCE_DIR = 'x'", "MODEL_DIR = 'x'"])
+        sizes[stage] = param_count(config.configurable("TransformerConfig")())
+    assert sizes["reference"] == sizes["proxy"] <= sizes["main"]
+    if experiment == "pile_280m_to_8b":
+        assert round(sizes["proxy"] / 1e6, -1) == 280 and round(sizes["main"] / 1e9) == 8

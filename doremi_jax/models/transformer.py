@@ -56,6 +56,13 @@ class TransformerConfig:
     rope_theta: float = 10_000.0
     norm_eps: float = 1e-6
     embed_init_std: float = 0.02
+    # Causal attention in query blocks of this size, each against only the keys it can
+    # see (0: one call over the whole sequence). Skips the masked half of the scores;
+    # faster on CPU, where no fused kernel exists (BENCHMARKS.md).
+    attention_block_size: int = 0
+    # Embedding lookup as a one-hot matmul: a dense gradient instead of a scatter-add
+    # (faster on CPU and TPU for small vocabularies).
+    one_hot_embed: bool = False
 
     def __post_init__(self):
         if self.remat_policy not in REMAT_POLICIES:
@@ -113,6 +120,29 @@ def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     return out.astype(x.dtype)
 
 
+def causal_attention(q, k, v, segment_ids, block_size: int = 0):
+    """Attention within documents, causal. q, k, v: [batch, length, heads, head_dim].
+
+    Through `jax.nn.dot_product_attention`, so that platforms with a fused kernel use it.
+    Padding (segment 0) attends only to padding, so no softmax row is empty.
+    """
+    length = q.shape[1]
+    if not block_size or block_size >= length:
+        same_doc = segment_ids[:, :, None] == segment_ids[:, None, :]
+        return jax.nn.dot_product_attention(q, k, v, mask=same_doc[:, None], is_causal=True)
+    if length % block_size:
+        raise ValueError(f"sequence length {length} is not a multiple of attention_block_size={block_size}")
+    index = jnp.arange(length)
+    outs = []
+    for start in range(0, length, block_size):
+        end = start + block_size  # queries [start, end) see keys [0, end)
+        mask = (segment_ids[:, start:end, None] == segment_ids[:, None, :end]) & (
+            index[start:end, None] >= index[None, :end]
+        )
+        outs.append(jax.nn.dot_product_attention(q[:, start:end], k[:, :end], v[:, :end], mask=mask[:, None]))
+    return jnp.concatenate(outs, axis=1)
+
+
 class Attention(nn.Module):
     cfg: TransformerConfig
 
@@ -134,10 +164,7 @@ class Attention(nn.Module):
         q, k = rotary(q, positions, cfg.rope_theta), rotary(k, positions, cfg.rope_theta)
         act_names = (BATCH, LENGTH, ACT_HEADS, None)
         q, k, v = (nn.with_logical_constraint(t, act_names) for t in (q, k, v))
-        # Causal within a document; padding (segment 0) only attends to itself so
-        # that no row of the softmax is empty.
-        same_doc = segment_ids[:, :, None] == segment_ids[:, None, :]
-        out = jax.nn.dot_product_attention(q, k, v, mask=same_doc[:, None], is_causal=True)
+        out = causal_attention(q, k, v, segment_ids, cfg.attention_block_size)
         out = nn.with_logical_constraint(out, act_names)
         w_out = self._kernel(
             "out", (cfg.num_heads, cfg.head_dim, cfg.embed_dim), ("heads", "kv", "embed"),
@@ -203,7 +230,12 @@ class Transformer(nn.Module):
         # Small embeddings (GPT-2 and Llama use std 0.02) make the first prediction nearly
         # uniform: a model at initialisation has no excess loss on a domain with nothing
         # to learn, which DoReMi's λ relies on.
-        x = nn.with_logical_constraint(embed(tokens), (BATCH, LENGTH, ACT_EMBED))
+        if cfg.one_hot_embed:
+            onehot = jax.nn.one_hot(tokens, cfg.vocab_size, dtype=cfg.compute_dtype)
+            x = jnp.einsum("blv,ve->ble", onehot, embed.embedding.astype(cfg.compute_dtype))
+        else:
+            x = embed(tokens)
+        x = nn.with_logical_constraint(x, (BATCH, LENGTH, ACT_EMBED))
 
         block = Block
         policy = REMAT_POLICIES[cfg.remat_policy]
