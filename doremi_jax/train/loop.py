@@ -46,6 +46,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     async_checkpoints: bool = True
     max_nonfinite_steps: int = 10
+    tensorboard: bool = True  # summaries through clu (imports tensorflow); metrics.jsonl always
 
 
 @dataclasses.dataclass(frozen=True)
@@ -359,7 +360,7 @@ def train(
         local = sampler.batch(step, rows, weights)
         return sharding.make_global_batch(device_mesh, local, config.batch_size)
 
-    writer = metrics_lib.MetricWriter(workdir, domains, enabled=primary)
+    writer = metrics_lib.MetricWriter(workdir, domains, enabled=primary, tensorboard=config.tensorboard)
     tokens_per_step = config.batch_size * config.sequence_length
     summary: dict[str, Any] = {"start_step": start, "stopped": "finished"}
     avg_history: list[np.ndarray] = []

@@ -204,8 +204,9 @@ def doremi_step(
         "domain_loss": proxy_sums / denom,
         "reference_domain_loss": ref_sums / denom,
         "excess_loss": lam,
-        "domain_weights": alpha,
-        "average_domain_weights": dro_state.average,
+        # From the new state: a skipped step reports the weights it kept.
+        "domain_weights": new_state.domain_weights,
+        "average_domain_weights": new_state.dro_state.average,
         "domain_tokens": counts,
         **_step_health(new_state, ok),
     }

@@ -1,0 +1,190 @@
+"""Reliability: SIGKILL anywhere and resume exactly, SIGTERM preemption, a NaN batch in a
+real run, and no resource growth over many restarts."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+
+import jax
+import numpy as np
+import pytest
+
+from doremi_jax import checkpoints, cli, sharding
+from doremi_jax.train import __main__ as train_main
+from doremi_jax.train import loop
+
+from conftest import REPO
+from helpers import TINY
+
+STEPS = 20
+COMMON = ["--gin_file=gin/models/tiny.gin", "--gin.BATCH_SIZE=8", "--gin.SEQUENCE_LENGTH=64",
+          f"--gin.TRAIN_STEPS={STEPS}", "--gin.TrainConfig.eval_tokens_per_domain=512",
+          "--gin.TrainConfig.log_every=1", "--gin.TrainConfig.checkpoint_every=1", "--gin.TrainConfig.keep_checkpoints=2",
+          # No TensorBoard: a restart then skips importing tensorflow (seconds each).
+          "--gin.TrainConfig.tensorboard=False"]
+
+
+def in_process(args):
+    with pytest.raises(SystemExit) as e:
+        cli.main(train_main.run, args)
+        raise SystemExit(0)
+    assert e.value.code == 0
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("rel") / "reference")
+    in_process(["--gin_file=gin/runs/reference.gin", *COMMON, f"--workdir={workdir}"])
+    return workdir
+
+
+def stage_args(stage, reference):
+    if stage == "reference":
+        return ["--gin_file=gin/runs/reference.gin", *COMMON]
+    if stage == "proxy":
+        return ["--gin_file=gin/runs/proxy.gin", *COMMON, f"--gin.REFERENCE_DIR='{reference}'"]
+    weights = os.path.join(os.path.dirname(reference), "main_weights.json")
+    with open(weights, "w") as f:
+        json.dump({"code": 0.1, "noise": 0.2, "prose": 0.3, "repetitive": 0.4}, f)
+    return ["--gin_file=gin/runs/main.gin", *COMMON, f"--gin.MIXTURE_WEIGHTS='{weights}'"]
+
+
+def final_state(workdir):
+    mesh_cfg = sharding.MeshConfig(data=-1)
+    abstract = loop.abstract_params(TINY, sharding.make_mesh(mesh_cfg), mesh_cfg.rules)[0]
+    params = checkpoints.restore_params(os.path.join(workdir, "checkpoints"), abstract)
+    summary = json.load(open(os.path.join(workdir, "summary.json")))
+    return params, summary
+
+
+def popen(args):
+    return subprocess.Popen(
+        [sys.executable, "-m", "doremi_jax.train", *args], cwd=REPO, stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True,
+    )
+
+
+@pytest.mark.parametrize("stage", ["reference", "proxy", "main"])
+def test_sigkill_anywhere_then_resume_is_bit_identical(stage, reference, tmp_path):
+    args = stage_args(stage, reference)
+    clean, killed = str(tmp_path / "clean"), str(tmp_path / "killed")
+    in_process([*args, f"--workdir={clean}"])
+    rng = random.Random(stage)
+    kills, target = 0, rng.randint(2, 4)
+    while True:
+        proc = popen([*args, f"--workdir={killed}"])
+        for line in proc.stdout:
+            # Kill right after a step's line: with a checkpoint every step, an asynchronous
+            # write is usually in flight.
+            if line.startswith("step ") and int(line.split()[1].split("/")[0]) >= target and kills < 5:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+                target += rng.randint(2, 4)
+                break
+        proc.wait(timeout=600)
+        if proc.returncode == 0:
+            break
+        assert proc.returncode == -signal.SIGKILL
+    assert kills >= 5
+    p1, s1 = final_state(clean)
+    p2, s2 = final_state(killed)
+    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert s2["eval"] == s1["eval"]
+    if stage == "proxy":
+        assert s2["average_domain_weights"] == s1["average_domain_weights"]
+        assert json.load(open(os.path.join(killed, "domain_weights.json"))) == json.load(open(os.path.join(clean, "domain_weights.json")))
+
+
+def test_sigterm_checkpoints_exits_zero_and_resumes(reference, tmp_path):
+    args = stage_args("proxy", reference)
+    clean, stopped = str(tmp_path / "clean"), str(tmp_path / "stopped")
+    in_process([*args, f"--workdir={clean}"])
+    proc = popen([*args, "--gin.TrainConfig.checkpoint_every=1000", f"--workdir={stopped}"])
+    for line in proc.stdout:
+        if line.startswith("step 7/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=600) == 0
+    summary = json.load(open(os.path.join(stopped, "summary.json")))
+    assert summary["stopped"] == "preempted"
+    saved = checkpoints.Checkpointer(os.path.join(stopped, "checkpoints")).latest_step()
+    assert 7 <= saved < STEPS and f"step {STEPS}/" not in rest
+    out = subprocess.run([sys.executable, "-m", "doremi_jax.train", *args, f"--workdir={stopped}"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and f"resuming from step {saved}" in out.stdout
+    p1, s1 = final_state(clean)
+    p2, s2 = final_state(stopped)
+    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert s2["average_domain_weights"] == s1["average_domain_weights"]
+
+
+def test_nan_batch_in_a_real_run_is_skipped(reference, tmp_path, monkeypatch):
+    from doremi_jax.data import sampler as sampler_lib
+
+    original = sampler_lib.MixtureSampler.batch
+
+    def poisoned(self, step, rows, weights):
+        batch = original(self, step, rows, weights)
+        if step == 5:
+            batch["decoder_loss_weights"] = batch["decoder_loss_weights"] * np.nan
+        return batch
+
+    monkeypatch.setattr(sampler_lib.MixtureSampler, "batch", poisoned)
+    workdir = str(tmp_path / "nan")
+    in_process([*stage_args("proxy", reference), f"--workdir={workdir}"])
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl")) if '"loss"' in line]
+    assert [r["step_ok"] for r in rows].count(0.0) == 1 and rows[5]["step_ok"] == 0.0
+    # The skipped step left α and ᾱ where they were.
+    before, skipped = rows[4], rows[5]
+    for d in ("code", "noise", "prose", "repetitive"):
+        assert skipped[f"domain_weights/{d}"] == before[f"domain_weights/{d}"]
+        assert skipped[f"average_domain_weights/{d}"] == before[f"average_domain_weights/{d}"]
+    params, summary = final_state(workdir)
+    assert summary["nonfinite_steps_total"] == 1
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(params))
+    assert all(np.isfinite(v) for v in summary["average_domain_weights"].values())
+
+
+def test_many_nan_steps_stop_with_a_clear_message(reference, tmp_path, monkeypatch, capsys):
+    from doremi_jax.data import sampler as sampler_lib
+
+    original = sampler_lib.MixtureSampler.batch
+    monkeypatch.setattr(
+        sampler_lib.MixtureSampler, "batch",
+        lambda self, step, rows, w: {**original(self, step, rows, w), "decoder_loss_weights": np.full((len(rows), 64), np.nan, np.float32)} if step >= 3 else original(self, step, rows, w),
+    )
+    workdir = tmp_path / "nans"
+    with pytest.raises(SystemExit) as e:
+        cli.main(train_main.run, [*stage_args("proxy", reference), "--gin.TrainConfig.max_nonfinite_steps=4", f"--workdir={workdir}"])
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert "4 non-finite steps in a row" in err and err.count("\n") == 1
+    assert checkpoints.Checkpointer(str(workdir / "checkpoints")).latest_step() is not None
+
+
+def _resources():
+    fds = len(os.listdir("/proc/self/fd"))
+    threads = len(os.listdir("/proc/self/task"))
+    rss = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return fds, threads, rss
+
+
+def test_soak_many_restarts_do_not_grow_resources(reference, tmp_path):
+    workdir = str(tmp_path / "soak")
+    base = [a for a in stage_args("proxy", reference) if not a.startswith("--gin.TRAIN_STEPS")]
+    seen = []
+    for i in range(1, 9):
+        in_process([*base, f"--gin.TRAIN_STEPS={2 * i}", f"--workdir={workdir}"])
+        seen.append(_resources())
+    fds, threads, rss = zip(*seen)
+    # After a warm-up of a few restarts, nothing keeps growing with each restart.
+    assert max(fds[4:]) <= fds[3] + 4, fds
+    assert max(threads[4:]) <= threads[3] + 4, threads
+    assert rss[-1] - rss[3] < 150 * 2**20, [r // 2**20 for r in rss]
+    assert threading.active_count() < 50
