@@ -1,0 +1,141 @@
+"""seqio Tasks and Mixtures over the same domain folders, for T5X projects.
+
+Importing this module registers the demo corpus:
+
+    import doremi_jax.data.tasks  # registers demo_<domain>, demo_natural, demo_uniform
+    MIXTURE_OR_TASK_NAME = "demo_natural"
+
+and `register_folder_corpus("pile", "/data/pile", weights={"doremi": "w.json"})` registers
+`pile_<domain>` Tasks and `pile_natural`, `pile_uniform`, `pile_doremi` Mixtures.
+
+Each example carries `targets` (tokens + EOS) and `domain_ids` (the domain's index, one
+per token); `DomainLMFeatureConverter` packs both and passes `domain_ids` through, so a
+model sees the same features as doremi_jax's own sampler produces.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Mapping, Sequence
+
+import seqio
+import tensorflow as tf
+
+from doremi_jax.data import corpus as corpus_lib
+from doremi_jax.data import demo
+from doremi_jax.data import weights as weights_lib
+from doremi_jax.data.vocab import ByteVocabulary
+
+DEFAULT_VOCABULARY = seqio.ByteVocabulary()
+
+
+def _read_split(data_dir_fn, domain: str, text_field: str, split: str, shuffle_files: bool, seed=None):
+    """All documents of a domain split as a dataset of {"text": ...} (jsonl or .txt)."""
+    data_dir = data_dir_fn()
+    files = corpus_lib.split_files(data_dir, domain, split)
+    if not files:
+        raise corpus_lib.CorpusError(f"domain {domain!r}: no {split} files in {os.path.join(data_dir, domain)!r}")
+    texts = [t for path in files for t in corpus_lib.iter_documents(path, text_field) if t]
+    return tf.data.Dataset.from_tensor_slices({"text": texts})
+
+
+def _add_domain_ids(dataset: tf.data.Dataset, domain_id: int) -> tf.data.Dataset:
+    def add(example):
+        example = dict(example)
+        example["domain_ids"] = tf.fill(tf.shape(example["targets"]), tf.constant(domain_id, tf.int32))
+        return example
+
+    return dataset.map(add, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _rekey_text(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    return dataset.map(lambda ex: {"targets": ex["text"]}, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+@functools.lru_cache(maxsize=None)
+def _token_count(data_dir: str, domain: str) -> int:
+    stream = corpus_lib.load_stream(data_dir, domain, "train", ByteVocabulary())
+    return stream.num_tokens
+
+
+def register_folder_corpus(
+    name: str,
+    data_dir: str | None,
+    domains: Sequence[str] | None = None,
+    vocabulary: seqio.Vocabulary = DEFAULT_VOCABULARY,
+    text_field: str = "text",
+    weights: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Register `<name>_<domain>` Tasks and `<name>_natural`, `<name>_uniform` and
+    `<name>_<tag>` (for each weights file) Mixtures; returns the mixture names.
+
+    data_dir None means the embedded demo corpus, built when a dataset is first asked for.
+    """
+    data_dir_fn = (lambda: data_dir) if data_dir else demo.build_demo_corpus
+    domains = list(domains or (demo.DOMAINS if data_dir is None else corpus_lib.list_domains(data_dir)))
+    output_features = {
+        "targets": seqio.Feature(vocabulary, add_eos=True),
+        "domain_ids": seqio.Feature(seqio.PassThroughVocabulary(len(domains)), add_eos=False, required=False),
+    }
+    task_names = []
+    for i, domain in enumerate(domains):
+        task_name = f"{name}_{domain}"
+        seqio.TaskRegistry.remove(task_name)
+        seqio.TaskRegistry.add(
+            task_name,
+            source=seqio.FunctionDataSource(
+                functools.partial(_read_split, data_dir_fn, domain, text_field),
+                splits=("train", "validation"),
+            ),
+            preprocessors=[
+                _rekey_text,
+                seqio.preprocessors.tokenize,
+                seqio.preprocessors.append_eos_after_trim,
+                functools.partial(_add_domain_ids, domain_id=i),
+            ],
+            output_features=output_features,
+        )
+        task_names.append(task_name)
+
+    def natural_rate(task: seqio.Task) -> float:
+        return float(_token_count(data_dir_fn(), task.name[len(name) + 1:]))
+
+    mixtures = {"natural": [(t, natural_rate) for t in task_names], "uniform": [(t, 1.0) for t in task_names]}
+    for tag, path in (weights or {}).items():
+        w = weights_lib.read_weights(path, domains)
+        mixtures[tag] = [(t, float(x)) for t, x in zip(task_names, w)]
+    for tag, rates in mixtures.items():
+        seqio.MixtureRegistry.remove(f"{name}_{tag}")
+        seqio.MixtureRegistry.add(f"{name}_{tag}", rates)
+    return [f"{name}_{tag}" for tag in mixtures]
+
+
+class DomainLMFeatureConverter(seqio.LMFeatureConverter):
+    """seqio's decoder-only converter with `domain_ids` packed beside `targets`.
+
+    seqio refuses pass-through features when packing, so `domain_ids` is declared a task
+    feature: packing then moves it with its tokens, and it comes out per token.
+    """
+
+    TASK_FEATURES = {
+        **seqio.LMFeatureConverter.TASK_FEATURES,
+        "domain_ids": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
+    }
+    MODEL_FEATURES = {
+        **seqio.LMFeatureConverter.MODEL_FEATURES,
+        "domain_ids": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
+    }
+
+    def _convert_example(self, features):
+        out = dict(super()._convert_example(features))
+        out["domain_ids"] = features["domain_ids"]
+        return out
+
+    def get_model_feature_lengths(self, task_feature_lengths):
+        lengths = dict(super().get_model_feature_lengths(task_feature_lengths))
+        lengths["domain_ids"] = task_feature_lengths["targets"]
+        return lengths
+
+
+register_folder_corpus("demo", None)
