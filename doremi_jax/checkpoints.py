@@ -67,7 +67,10 @@ def restore_params(directory: str, abstract_params: Any) -> Any:
     step = manager.latest_step()
     if step is None:
         raise CheckpointError(f"no complete checkpoint in {directory!r}")
-    saved = manager.item_metadata(step)
+    try:
+        saved = manager.item_metadata(step)
+    except Exception as e:  # orbax raises many types for a damaged checkpoint
+        raise CheckpointError(f"checkpoint {directory!r} step {step} is unreadable ({_first_line(e)})") from None
     saved = getattr(saved, "tree", saved)
     saved_params = saved.get("params") if isinstance(saved, dict) else None
     want = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
@@ -83,8 +86,17 @@ def restore_params(directory: str, abstract_params: Any) -> Any:
             )
     item = {"params": abstract_params}
     restore_args = ocp.checkpoint_utils.construct_restore_args(item)
-    restored = manager.restore(
-        step, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
-    )
-    manager.close()
+    try:
+        restored = manager.restore(
+            step, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
+        )
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {directory!r} step {step} is unreadable ({_first_line(e)})") from None
+    finally:
+        manager.close()
     return restored["params"]
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__

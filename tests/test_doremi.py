@@ -44,3 +44,58 @@ def test_proxy_logs_every_step(three_domain_run):
     last = [steps[-1][f"average_domain_weights/{d}"] for d in ("easy", "learnable", "noise")]
     np.testing.assert_allclose(alphas.mean(0), last, atol=1e-5)
     assert (root / "proxy" / "main_mixture.gin").exists()
+
+
+def test_metrics_track_distance_and_average_change(three_domain_run):
+    root, _, _ = three_domain_run
+    rows = [json.loads(line) for line in open(root / "proxy" / "metrics.jsonl") if '"loss"' in line]
+    alpha = np.asarray([rows[-1][f"domain_weights/{d}"] for d in ("easy", "learnable", "noise")])
+    assert rows[-1]["distance_from_uniform"] == pytest.approx(np.linalg.norm(alpha - 1 / 3), abs=1e-5)
+    prev = np.asarray([rows[-2][f"average_domain_weights/{d}"] for d in ("easy", "learnable", "noise")])
+    last = np.asarray([rows[-1][f"average_domain_weights/{d}"] for d in ("easy", "learnable", "noise")])
+    assert rows[-1]["average_change"] == pytest.approx(np.abs(last - prev).max(), abs=1e-6)
+
+
+def test_resample_mode_samples_by_the_live_weights(three_domain_run):
+    root, _, full = three_domain_run
+    data = str(root / "data")
+    summary = loop.train(
+        str(root / "resample"), run="doremi", sampling_weights="uniform",
+        doremi=loop.DroConfig(reference_workdir=str(root / "reference"), mode="resample"),
+        **helpers.train_kwargs(data, 60),
+    )
+    assert (root / "resample" / "domain_weights.json").exists()
+    rows = [json.loads(line) for line in open(root / "resample" / "metrics.jsonl") if '"loss"' in line]
+    domains = ("easy", "learnable", "noise")
+    # Step t's batch is drawn with α_{t-1}: the tokens follow the weights of the step before.
+    expected = np.asarray([[rows[t - 1][f"domain_weights/{d}"] for d in domains] for t in range(1, len(rows))]).sum(0)
+    tokens = np.asarray([[rows[t][f"domain_tokens/{d}"] for d in domains] for t in range(1, len(rows))]).sum(0)
+    np.testing.assert_allclose(tokens / tokens.sum(), expected / expected.sum(), atol=0.06)
+    assert summary["average_domain_weights"]["learnable"] > summary["average_domain_weights"]["noise"]
+
+
+def test_early_stop_saves_steps_close_to_the_full_run(three_domain_run):
+    root, _, full = three_domain_run
+    early = loop.train(
+        str(root / "early"), run="doremi", sampling_weights="uniform",
+        doremi=loop.DroConfig(reference_workdir=str(root / "reference"), early_stop_window=50, early_stop_tolerance=0.02),
+        **helpers.train_kwargs(str(root / "data"), 300),
+    )
+    assert early["stopped"] == "early_stop" and early["steps_saved"] > 0
+    distance = max(abs(early["average_domain_weights"][d] - full["average_domain_weights"][d]) for d in full["average_domain_weights"])
+    print(f"early stop: {early['steps_saved']} of 300 steps saved, L-inf distance to the full run's weights {distance:.4f}")
+    assert early["step"] + early["steps_saved"] == 300
+    assert distance < 0.1
+    json.dump({"steps_saved": early["steps_saved"], "linf_to_full": distance}, open(root / "early" / "early_stop.json", "w"))
+
+
+def test_demo_corpus_noise_ends_below_its_natural_weight(tmp_path, demo_dir):
+    kwargs = helpers.train_kwargs(demo_dir, 200)
+    kwargs["data"] = loop.inputs.DataConfig()  # the demo corpus
+    ref = loop.train(str(tmp_path / "ref"), run="lm", sampling_weights="natural", **kwargs)
+    proxy = loop.train(
+        str(tmp_path / "proxy"), run="doremi", sampling_weights="uniform",
+        doremi=loop.DroConfig(reference_workdir=str(tmp_path / "ref")), **kwargs,
+    )
+    natural = ref["sampling_weights"]["noise"]
+    assert proxy["average_domain_weights"]["noise"] < natural, (proxy["average_domain_weights"], natural)

@@ -91,3 +91,19 @@ def test_mesh_errors():
     with pytest.raises(ValueError, match="does not divide the 8 devices"):
         sharding.make_mesh(sharding.MeshConfig(data=-1, fsdp=3))
     assert dict(sharding.make_mesh(sharding.MeshConfig(data=-1, tensor=2)).shape) == {"data": 4, "fsdp": 1, "tensor": 2}
+
+
+def test_memory_estimate_counts_shards_and_fails_early(tmp_path):
+    import dataclasses
+
+    from doremi_jax.models import param_count
+
+    big = dataclasses.replace(TINY, embed_dim=256, mlp_dim=1024, num_heads=8, head_dim=32)
+    one = loop.memory_estimate(big, sharding.make_mesh(sharding.MeshConfig(data=1), jax.devices()[:1]), DATA_PARALLEL_RULES, "adamw", 8, 64, True)
+    assert one["params"] == param_count(big) * 4 and one["optimizer"] == 2 * one["params"] and one["reference"] == one["params"]
+    split = loop.memory_estimate(big, sharding.make_mesh(sharding.MeshConfig(data=1, fsdp=4, tensor=2)), sharding.DEFAULT_RULES, "adamw", 8, 64, True)
+    assert split["params"] < one["params"] / 6  # split 8 ways but for the small replicated norms
+    assert split["activations"] < one["activations"]
+    with pytest.raises(loop.TrainingError, match="exceeds TrainConfig.device_memory_gib=0.0001"):
+        loop.train(str(tmp_path / "oom"), model=TINY, config=loop.TrainConfig(train_steps=1, batch_size=8, sequence_length=64, device_memory_gib=0.0001))
+    assert not (tmp_path / "oom" / "checkpoints").exists()

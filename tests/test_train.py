@@ -158,3 +158,22 @@ def test_experiment_files_parse_with_their_stage_files(experiment):
     assert sizes["reference"] == sizes["proxy"] <= sizes["main"]
     if experiment == "pile_280m_to_8b":
         assert round(sizes["proxy"] / 1e6, -1) == 280 and round(sizes["main"] / 1e9) == 8
+
+
+def test_corrupted_reference_checkpoint(finished_run, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "broken_ref"
+    shutil.copytree(finished_run, broken)
+    step_dir = broken / "checkpoints" / "2"
+    damaged = 0
+    for path in step_dir.rglob("*"):
+        if path.is_file() and path.stat().st_size > 0 and ("ocdbt" in str(path) or path.name.startswith("d")):
+            path.write_bytes(b"\0" * path.stat().st_size)
+            damaged += 1
+    assert damaged
+    proxy = ["--gin_file=gin/runs/proxy.gin", "--gin_file=gin/models/tiny.gin", "--gin.BATCH_SIZE=8",
+             "--gin.TRAIN_STEPS=2", f"--gin.REFERENCE_DIR='{broken}'"]
+    code, err = in_process([*proxy, f"--workdir={tmp_path / 'p'}"], capsys)
+    assert code == 1 and "reference model: checkpoint" in err and "is unreadable" in err
+    assert err.count("\n") == 1

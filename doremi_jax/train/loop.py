@@ -47,6 +47,7 @@ class TrainConfig:
     async_checkpoints: bool = True
     max_nonfinite_steps: int = 10
     tensorboard: bool = True  # summaries through clu (imports tensorflow); metrics.jsonl always
+    device_memory_gib: float = 0.0  # > 0: fail before compiling if the estimate exceeds it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,6 +154,37 @@ def abstract_params(model_cfg: TransformerConfig, mesh, rules):
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.meta.unbox(boxed), shardings
     )
     return abstract, shardings
+
+
+def memory_estimate(model_cfg: TransformerConfig, mesh, rules, optimizer: str, batch_size: int,
+                    sequence_length: int, with_reference: bool) -> dict[str, float]:
+    """Per-device bytes: parameters, optimizer state, reference parameters, activations.
+
+    Parameters are counted shard by shard from the rules; AdamW keeps two float32
+    moments per parameter, Adafactor about one factored row and column (counted as 0.1).
+    Activations kept for the backward pass per layer and token: about 34·d + 5·mlp bytes
+    at 2-byte compute (the attention scores only within a block), less with remat; a
+    rough figure, meant to catch a configuration that cannot fit before a pod run.
+    """
+    abstract, _ = abstract_params(model_cfg, mesh, rules)
+    param_bytes = sum(
+        math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(abstract)
+    )
+    rows = batch_size / sharding.data_parallel_size(mesh)
+    tensor = mesh.shape["tensor"]
+    unit = jnp.dtype(model_cfg.dtype).itemsize
+    per_token = (17 * model_cfg.embed_dim + 2.5 * model_cfg.mlp_dim / tensor) * unit
+    keep = {"none": 1.0, "minimal": 0.5, "dots": 0.35, "full": 1.0 / 17}[model_cfg.remat_policy]
+    block = model_cfg.attention_block_size or sequence_length
+    scores = rows * model_cfg.num_heads / tensor * block * sequence_length * 4
+    activations = model_cfg.num_layers * (rows * sequence_length * per_token * keep + scores * keep)
+    logits = rows * sequence_length * model_cfg.vocab_size / tensor * 4 * 2
+    return {
+        "params": param_bytes,
+        "optimizer": param_bytes * (2.0 if optimizer == "adamw" else 0.1),
+        "reference": param_bytes if with_reference else 0.0,
+        "activations": activations + logits,
+    }
 
 
 def init_state(model_cfg, tx, weights, rng, mesh, rules, weight_tx):
@@ -266,6 +298,20 @@ def train(
     logging.info("model: %s parameters (%.1fM)", f"{n_params:,}", n_params / 1e6)
     print(f"[{os.path.basename(os.path.normpath(workdir))}] {run} run, {n_params / 1e6:.2f}M parameters, "
           f"{k} domains, mesh {dict(device_mesh.shape)}", flush=True)
+
+    estimate = memory_estimate(
+        model, device_mesh, mesh.rules, optimizer.name, config.batch_size // config.microbatches,
+        config.sequence_length, run == "doremi",
+    )
+    total = sum(estimate.values())
+    if primary:
+        print("per-device memory estimate: " + ", ".join(f"{k} {v / 2**30:.2f} GiB" for k, v in estimate.items())
+              + f", total {total / 2**30:.2f} GiB", flush=True)
+    if config.device_memory_gib and total > config.device_memory_gib * 2**30:
+        raise TrainingError(
+            f"estimated {total / 2**30:.1f} GiB per device exceeds TrainConfig.device_memory_gib="
+            f"{config.device_memory_gib}: shard more (gin/sharding/fsdp.gin), use remat, or a smaller batch"
+        )
 
     transformer = Transformer(model)
     tx = make_optimizer(optimizer, config.train_steps)

@@ -207,6 +207,9 @@ def doremi_step(
         # From the new state: a skipped step reports the weights it kept.
         "domain_weights": new_state.domain_weights,
         "average_domain_weights": new_state.dro_state.average,
+        "distance_from_uniform": jnp.linalg.norm(new_state.domain_weights - 1.0 / num_domains),
+        # How far this step moved ᾱ (L∞): the signal the proxy's early stop watches.
+        "average_change": jnp.max(jnp.abs(new_state.dro_state.average - state.dro_state.average)),
         "domain_tokens": counts,
         **_step_health(new_state, ok),
     }
