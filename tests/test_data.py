@@ -206,3 +206,19 @@ def test_demo_corpus_is_deterministic_with_unequal_domains(demo_dir, tmp_path):
     c = corpus_lib.load_corpus(demo_dir, BYTES)
     shares = c.token_counts() / c.token_counts().sum()
     assert shares.max() > 3 * shares.min()
+
+
+def test_pile_split_by_set_name(tmp_path):
+    from doremi_jax.data import pile
+
+    records = [("Pile-CC", "web page"), ("PubMed Central", "a paper"), ("Pile-CC", "another page"), ("Github", "code()")]
+    src = tmp_path / "00.jsonl"
+    src.write_text("".join(json.dumps({"text": t, "meta": {"pile_set_name": s}}) + "\n" for s, t in records))
+    counts = pile.split_pile([str(src)], str(tmp_path / "out"), "train", shard_docs=1)
+    assert counts["Pile-CC"] == {"documents": 2, "bytes": len("web page") + len("another page")}
+    assert sorted(os.listdir(tmp_path / "out" / "Pile-CC")) == ["train-00000.jsonl", "train-00001.jsonl"]
+    assert json.loads((tmp_path / "out" / "PubMed_Central" / "train-00000.jsonl").read_text())["text"] == "a paper"
+    assert json.load(open(tmp_path / "out" / "train_counts.json"))["Github"]["documents"] == 1
+    (tmp_path / "bad.jsonl").write_text('{"text": "no meta"}\n')
+    with pytest.raises(SystemExit, match="bad.jsonl:1: not a Pile record"):
+        pile.split_pile([str(tmp_path / "bad.jsonl")], str(tmp_path / "out2"))

@@ -1,0 +1,96 @@
+"""`python -m doremi_jax.data.pile --input 'PATH/*.jsonl.zst' --output_dir OUT [--split train]`.
+
+Splits The Pile by `meta.pile_set_name` into the folder layout doremi_jax reads,
+`OUT/<domain>/<split>-NNNNN.jsonl` (sharded), and writes `OUT/<split>_counts.json`
+(documents and UTF-8 bytes per domain). Domain names become folder names with spaces
+and slashes replaced by underscores ("PubMed Central" -> "PubMed_Central").
+Reads `.jsonl` and, with the `zstandard` package installed, `.jsonl.zst`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import io
+import json
+import os
+import re
+import sys
+from typing import Iterator
+
+
+def folder_name(set_name: str) -> str:
+    return re.sub(r"[\s/\\]+", "_", set_name.strip())
+
+
+def _lines(path: str) -> Iterator[bytes]:
+    if path.endswith(".zst"):
+        try:
+            import zstandard
+        except ImportError:
+            raise SystemExit(f"error: {path}: reading .zst needs `pip install zstandard`") from None
+        with open(path, "rb") as f:
+            reader = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(f))
+            yield from reader
+    else:
+        with open(path, "rb") as f:
+            yield from f
+
+
+def split_pile(inputs: list[str], output_dir: str, split: str = "train", shard_docs: int = 100_000) -> dict:
+    counts: dict[str, dict[str, int]] = {}
+    writers: dict[str, tuple] = {}  # domain -> (file, shard index, docs in shard)
+    os.makedirs(output_dir, exist_ok=True)
+
+    def write(domain: str, text: str) -> None:
+        f, shard, n = writers.get(domain, (None, -1, shard_docs))
+        if n >= shard_docs:
+            if f:
+                f.close()
+            shard, n = shard + 1, 0
+            os.makedirs(os.path.join(output_dir, domain), exist_ok=True)
+            f = open(os.path.join(output_dir, domain, f"{split}-{shard:05d}.jsonl"), "w", encoding="utf-8")
+        f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+        writers[domain] = (f, shard, n + 1)
+        c = counts.setdefault(domain, {"documents": 0, "bytes": 0})
+        c["documents"] += 1
+        c["bytes"] += len(text.encode("utf-8"))
+
+    try:
+        for path in inputs:
+            for lineno, line in enumerate(_lines(path), 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                    domain = folder_name(record["meta"]["pile_set_name"])
+                    text = record["text"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise SystemExit(f"error: {path}:{lineno}: not a Pile record (needs text and meta.pile_set_name)") from None
+                write(domain, text)
+    finally:
+        for f, _, _ in writers.values():
+            f.close()
+    with open(os.path.join(output_dir, f"{split}_counts.json"), "w") as f:
+        json.dump(dict(sorted(counts.items())), f, indent=2)
+    return counts
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--input", required=True, help="glob of .jsonl or .jsonl.zst files")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--split", default="train", choices=["train", "validation"])
+    parser.add_argument("--shard_docs", type=int, default=100_000)
+    args = parser.parse_args(argv)
+    inputs = sorted(glob.glob(args.input))
+    if not inputs:
+        print(f"error: no files match {args.input!r}", file=sys.stderr)
+        raise SystemExit(1)
+    counts = split_pile(inputs, args.output_dir, args.split, args.shard_docs)
+    for domain, c in sorted(counts.items()):
+        print(f"{domain:<24}{c['documents']:>12,} documents {c['bytes']:>16,} bytes")
+
+
+if __name__ == "__main__":
+    main()
