@@ -25,7 +25,8 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     )
 
 
-def parse_workdir(rest: Sequence[str], usage: str) -> tuple[str | None, list[str]]:
+def require_workdir(rest: Sequence[str]) -> str:
+    """The `--workdir=DIR` (or `--model_dir`, T5X's name) of an entry; nothing else may remain."""
     workdir, other = None, []
     args = list(rest)
     while args:
@@ -36,7 +37,11 @@ def parse_workdir(rest: Sequence[str], usage: str) -> tuple[str | None, list[str
             workdir = args.pop(0)
         else:
             other.append(a)
-    return workdir, other
+    if other:
+        raise config.ConfigError(f"unknown arguments {other}")
+    if not workdir:
+        raise config.ConfigError("--workdir=DIR is required")
+    return workdir
 
 
 def main(run: Callable[[list[str], list[str], list[str]], None], argv: Sequence[str] | None = None) -> None:

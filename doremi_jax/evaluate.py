@@ -20,11 +20,7 @@ def format_results(step: int, result: dict) -> str:
 
 
 def run(files, bindings, rest):
-    workdir, other = cli.parse_workdir(rest, "evaluate")
-    if other:
-        raise config.ConfigError(f"unknown arguments {other}")
-    if workdir is None:
-        raise config.ConfigError("--workdir=DIR is required")
+    workdir = cli.require_workdir(rest)
     sharding.initialize_distributed()
     config.parse(files, [f"MODEL_DIR = '{workdir}'", *bindings])
     summary = config.configurable("train")(workdir, eval_only=True)

@@ -172,11 +172,7 @@ def _weights_of(stage_workdir: str, domains: Sequence[str]) -> np.ndarray:
 
 def main(argv=None) -> None:
     def run(files, bindings, rest):
-        workdir, other = cli.parse_workdir(rest, "pipeline")
-        if other:
-            raise config.ConfigError(f"unknown arguments {other}")
-        if workdir is None:
-            raise config.ConfigError("--workdir=DIR is required")
+        workdir = cli.require_workdir(rest)
         sharding.initialize_distributed()
         config.register()
         pipeline = config.add_configurable("run_pipeline", run_pipeline)

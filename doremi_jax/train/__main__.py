@@ -6,11 +6,7 @@ from doremi_jax import cli, config, sharding
 
 
 def run(files, bindings, rest):
-    workdir, other = cli.parse_workdir(rest, "train")
-    if other:
-        raise config.ConfigError(f"unknown arguments {other}")
-    if workdir is None:
-        raise config.ConfigError("--workdir=DIR is required")
+    workdir = cli.require_workdir(rest)
     sharding.initialize_distributed()
     config.train_with_gin(workdir, files, bindings)
 
