@@ -222,3 +222,19 @@ def test_pile_split_by_set_name(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"text": "no meta"}\n')
     with pytest.raises(SystemExit, match="bad.jsonl:1: not a Pile record"):
         pile.split_pile([str(tmp_path / "bad.jsonl")], str(tmp_path / "out2"))
+
+
+def test_epochs_and_capping():
+    from doremi_jax.data import stats
+
+    counts = [1000, 100, 10_000]
+    np.testing.assert_allclose(stats.epochs_per_domain(counts, [0.5, 0.4, 0.1], 10_000), [5, 40, 0.1])
+    capped = stats.cap_weights(counts, [0.5, 0.4, 0.1], 10_000, max_epochs=4)
+    np.testing.assert_allclose(capped.sum(), 1.0)
+    epochs = stats.epochs_per_domain(counts, capped, 10_000)
+    assert np.all(epochs <= 4 + 1e-9)
+    np.testing.assert_allclose(capped[:2], [0.4, 0.04])  # both held at their caps
+    lines = stats.repetition_report(["a", "b", "c"], counts, [0.5, 0.4, 0.1], 10_000, 4)
+    assert len(lines) == 2 and "'b' would be repeated 40.0 times" in lines[1]
+    with pytest.raises(ValueError, match="repeats the whole corpus more than 4 times"):
+        stats.cap_weights(counts, [1, 1, 1], 1e6, 4)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from doremi_jax import checkpoints, dro, metrics as metrics_lib, sharding
-from doremi_jax.data import inputs, sampler as sampler_lib, weights as weights_lib
+from doremi_jax.data import inputs, sampler as sampler_lib, stats, weights as weights_lib
 from doremi_jax.eval import perplexity
 from doremi_jax.models import Transformer, TransformerConfig, param_count
 from doremi_jax.train import steps
@@ -48,6 +48,8 @@ class TrainConfig:
     max_nonfinite_steps: int = 10
     tensorboard: bool = True  # summaries through clu (imports tensorflow); metrics.jsonl always
     device_memory_gib: float = 0.0  # > 0: fail before compiling if the estimate exceeds it
+    max_epochs: float = 4.0  # warn when the mixture repeats a domain more often than this
+    cap_epochs: bool = False  # renormalize the sampling weights under max_epochs instead
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,6 +284,14 @@ def train(
             + (f" x {config.microbatches} microbatches" if config.microbatches > 1 else "")
         )
     fixed_sampling = inputs.named_weights(sampling_weights, corpus)
+    budget = config.train_steps * config.batch_size * config.sequence_length
+    counts = corpus.token_counts("train")
+    for line in stats.repetition_report(domains, counts, fixed_sampling, budget, config.max_epochs):
+        logging.warning(line)
+        if primary and not config.cap_epochs:
+            print(f"warning: {line}", flush=True)
+    if config.cap_epochs:
+        fixed_sampling = stats.cap_weights(counts, fixed_sampling, budget, config.max_epochs)
     alpha0 = inputs.named_weights(doremi.initial_weights, corpus) if run == "doremi" else fixed_sampling
     identity = {
         "run": run,
