@@ -22,6 +22,7 @@ import os
 import re
 from typing import Any, Sequence
 
+import jax
 import numpy as np
 
 from doremi_jax import cli, config, report, sharding
@@ -74,19 +75,8 @@ class Stage:
 
 
 def _write_json(path: str, data: Any) -> None:
-    if not sharding_is_primary():
-        return
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def sharding_is_primary() -> bool:
-    import jax
-
-    return jax.process_index() == 0
+    """Atomic, process 0 only (config.write_file)."""
+    config.write_file(path, json.dumps(data, indent=2) + "\n")
 
 
 def run_pipeline(
@@ -155,7 +145,7 @@ def run_pipeline(
     evaluation["baseline_weights"] = dict(zip(domains, baseline.tolist()))
     evaluation["doremi_weights"] = rounds[-1]["average_domain_weights"]
     _write_json(os.path.join(workdir, "eval.json"), evaluation)
-    if sharding_is_primary():
+    if jax.process_index() == 0:
         report.write_report(workdir, rounds, evaluation, doremi_stage.workdir, baseline_stage.workdir)
         print(report.weights_table(domains, baseline, rounds[-1]["average_domain_weights"]))
         print(report.eval_table(evaluation))

@@ -350,8 +350,7 @@ def train(
         ckpt.close()
         result = evaluator(state.params)
         if primary:
-            with open(os.path.join(workdir, "eval_results.json"), "w") as f:
-                json.dump(result.to_json(), f, indent=2)
+            _write_eval(workdir, result)
         return {"step": start, "domains": list(domains), "eval": result.to_json()}
 
     # --- The compiled step.
@@ -475,8 +474,7 @@ def train(
             writer.write(step, {f"eval/{n}": v for n, v in result.scalars().items()})
             summary["eval"] = result.to_json()
             if primary:
-                with open(os.path.join(workdir, "eval_results.json"), "w") as f:
-                    json.dump(result.to_json(), f, indent=2)
+                _write_eval(workdir, result)
         writer.close()
     summary["domains"] = list(domains)
     summary["sampling_weights"] = dict(zip(domains, np.asarray(fixed_sampling, float).tolist()))
@@ -504,6 +502,11 @@ def _record(writer, step, step_metrics, summary, max_nonfinite, ckpt):
             f"{int(host['nonfinite_steps'])} non-finite steps in a row at step {step}; "
             f"params and weights were kept from before them (last checkpoint: step {ckpt.latest_step()})"
         )
+
+
+def _write_eval(workdir: str, result) -> None:
+    with open(os.path.join(workdir, "eval_results.json"), "w") as f:
+        json.dump(result.to_json(), f, indent=2)
 
 
 def _write_mixture_gin(workdir: str) -> None:
