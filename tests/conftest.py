@@ -26,3 +26,11 @@ def demo_dir():
 
 def pytest_report_header(config):
     return f"jax {jax.__version__}, {jax.device_count()} devices ({jax.default_backend()})"
+
+
+def pytest_configure(config):
+    # An asynchronous writer thread (orbax / clu) can call into an asyncio loop that is
+    # already closed at teardown. pytest turns that into an "unraisable" warning, and on
+    # Python 3.11.7 formatting it in the summary has crashed pytest itself after every
+    # test had passed. The warning says nothing about the code under test.
+    config.addinivalue_line("filterwarnings", "ignore::pytest.PytestUnraisableExceptionWarning")
