@@ -16,6 +16,7 @@ import gin
 
 from doremi_jax import sharding
 from doremi_jax.data import inputs
+from doremi_jax.eval.downstream import DownstreamConfig
 from doremi_jax.models import TransformerConfig
 from doremi_jax.train import loop, state
 
@@ -33,6 +34,7 @@ def register() -> None:
         state.OptimizerConfig,
         loop.TrainConfig,
         loop.DroConfig,
+        DownstreamConfig,
     ):
         _CONFIGURABLE[cls.__name__] = gin.external_configurable(cls)
     _CONFIGURABLE["train"] = gin.external_configurable(loop.train, "train")
@@ -73,6 +75,14 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
             "gin: required macro(s) not set: "
             + ", ".join(f"{n} (--gin.{n}=...)" for n in unset)
         )
+
+
+def query(name: str, default=None):
+    """The value bound to `name` (`Class.param`) by the parsed config, or `default`."""
+    try:
+        return gin.query_parameter(name)
+    except ValueError:
+        return default
 
 
 def macros() -> list[str]:

@@ -149,6 +149,8 @@ def run_pipeline(
         report.write_report(workdir, rounds, evaluation, doremi_stage.workdir, baseline_stage.workdir)
         print(report.weights_table(domains, baseline, rounds[-1]["average_domain_weights"]))
         print(report.eval_table(evaluation))
+        if evaluation.get("downstream"):
+            print(report.downstream_table(evaluation["downstream"]))
         print(f"report: {os.path.join(workdir, 'report.md')}", flush=True)
     return evaluation
 

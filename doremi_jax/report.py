@@ -11,42 +11,70 @@ import numpy as np
 from doremi_jax import metrics
 
 
-def _eval_curve(workdir: str) -> tuple[list[int], list[float]]:
-    """(steps, average log-perplexity) from a run's periodic evaluations."""
+def _curve(workdir: str, key: str = "eval/log_perplexity/average") -> tuple[list[int], list[float]]:
+    """(steps, values) of one metric from a run's periodic evaluations."""
     steps, values = [], []
     for row in metrics.read_metrics(workdir):
-        if "eval/log_perplexity/average" in row:
+        if key in row:
             steps.append(row["step"])
-            values.append(row["eval/log_perplexity/average"])
+            values.append(row[key])
     return steps, values
 
 
-def speedup(doremi_curve, baseline_curve) -> dict[str, Any]:
-    """Steps the DoReMi run needs to reach the baseline's final average log-perplexity,
-    and the ratio baseline steps / those steps (the paper's "2.6x faster")."""
+def speedup(doremi_curve, baseline_curve, higher_is_better: bool = False) -> dict[str, Any]:
+    """Steps the DoReMi run needs to reach the baseline's final value (average
+    log-perplexity, or an accuracy with `higher_is_better`), and the ratio baseline
+    steps / those steps (the paper's "2.6x faster")."""
     b_steps, b_values = baseline_curve
     d_steps, d_values = doremi_curve
     if not b_steps or not d_steps:
         return {"steps_to_baseline": None, "speedup": None}
     target = b_values[-1]
     for step, value in zip(d_steps, d_values):
-        if value <= target:
+        if (value >= target) if higher_is_better else (value <= target):
             return {"steps_to_baseline": step, "speedup": b_steps[-1] / step, "baseline_final": target}
     return {"steps_to_baseline": None, "speedup": None, "baseline_final": target}
+
+
+def compare_downstream(doremi_dir: str, baseline_dir: str, d: Mapping, b: Mapping) -> dict[str, Any]:
+    """Per task: both accuracies, per-domain ones for cloze, and the speedup read from
+    the accuracy-against-steps curves."""
+    out = {}
+    for task in d:
+        if task not in b:
+            continue
+        key = f"downstream/{task}"
+        out[task] = {
+            "doremi": d[task]["accuracy"],
+            "baseline": b[task]["accuracy"],
+            "examples": d[task]["examples"],
+            **speedup(_curve(doremi_dir, key), _curve(baseline_dir, key), higher_is_better=True),
+        }
+        if "per_domain" in d[task]:
+            out[task]["per_domain"] = {
+                dom: {"doremi": acc, "baseline": b[task]["per_domain"].get(dom)}
+                for dom, acc in d[task]["per_domain"].items()
+            }
+    return out
 
 
 def compare(doremi_dir: str, baseline_dir: str, doremi_summary: Mapping, baseline_summary: Mapping) -> dict[str, Any]:
     d, b = doremi_summary["eval"], baseline_summary["eval"]
     domains = list(d["log_perplexity"])
     improved = [x for x in domains if d["log_perplexity"][x] < b["log_perplexity"][x]]
-    return {
+    result = {
         "domains": domains,
         "doremi": d,
         "baseline": b,
         "domains_improved": len(improved),
         "improved": improved,
-        **speedup(_eval_curve(doremi_dir), _eval_curve(baseline_dir)),
+        **speedup(_curve(doremi_dir), _curve(baseline_dir)),
     }
+    if "downstream" in doremi_summary and "downstream" in baseline_summary:
+        result["downstream"] = compare_downstream(
+            doremi_dir, baseline_dir, doremi_summary["downstream"], baseline_summary["downstream"]
+        )
+    return result
 
 
 def weights_table(domains: Sequence[str], baseline, doremi: Mapping[str, float]) -> str:
@@ -84,6 +112,27 @@ def eval_table(evaluation: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def downstream_table(downstream: Mapping[str, Any]) -> str:
+    lines = ["| task | baseline accuracy | DoReMi accuracy | change | examples |", "|---|---:|---:|---:|---:|"]
+    for task, r in downstream.items():
+        lines.append(
+            f"| {task} | {r['baseline']:.3f} | {r['doremi']:.3f} | {r['doremi'] - r['baseline']:+.3f} | {r['examples']} |"
+        )
+        for dom, acc in r.get("per_domain", {}).items():
+            base = acc["baseline"]
+            lines.append(f"| &nbsp;&nbsp;{dom} | {base:.3f} | {acc['doremi']:.3f} | {acc['doremi'] - base:+.3f} | |")
+    lines.append("")
+    for task, r in downstream.items():
+        if r.get("speedup"):
+            lines.append(
+                f"{task}: DoReMi reaches the baseline's final accuracy ({r['baseline_final']:.3f}) at step "
+                f"{r['steps_to_baseline']}: {r['speedup']:.2f}x fewer steps."
+            )
+        else:
+            lines.append(f"{task}: DoReMi did not reach the baseline's final accuracy within the run.")
+    return "\n".join(lines)
+
+
 def _alpha_trajectories(proxy_dir: str, domains: Sequence[str]):
     steps, alphas = [], {d: [] for d in domains}
     for row in metrics.read_metrics(proxy_dir):
@@ -116,7 +165,7 @@ def write_report(workdir: str, rounds: list[dict], evaluation: Mapping[str, Any]
          "DoReMi": [evaluation["doremi"]["log_perplexity"][d] for d in domains]},
         "Per-domain log-perplexity of the main models (nats/token, lower is better)",
     )
-    d_curve, b_curve = _eval_curve(doremi_dir), _eval_curve(baseline_dir)
+    d_curve, b_curve = _curve(doremi_dir), _curve(baseline_dir)
     metrics.plot_lines(
         os.path.join(workdir, "average_log_perplexity.png"),
         {"baseline": b_curve, "DoReMi": d_curve},
@@ -150,6 +199,19 @@ def write_report(workdir: str, rounds: list[dict], evaluation: Mapping[str, Any]
         "![average log-perplexity over training](average_log_perplexity.png)",
         "",
     ]
+    downstream = evaluation.get("downstream") or {}
+    if downstream:
+        lines += ["## Downstream accuracy (greedy decoding)", "", downstream_table(downstream), ""]
+    for task in downstream:
+        key = f"downstream/{task}"
+        d_acc, b_acc = _curve(doremi_dir, key), _curve(baseline_dir, key)
+        metrics.plot_lines(
+            os.path.join(workdir, f"accuracy_{task}.png"),
+            {"baseline": b_acc, "DoReMi": d_acc},
+            f"{task} accuracy over training", "step", "accuracy",
+            hline=(b_acc[1][-1], "baseline final") if b_acc[1] else None,
+        )
+        lines += [f"![{task} accuracy over training](accuracy_{task}.png)", ""]
     path = os.path.join(workdir, "report.md")
     with open(path, "w") as f:
         f.write("\n".join(lines))

@@ -143,8 +143,29 @@ def causal_attention(q, k, v, segment_ids, block_size: int = 0):
     return jnp.concatenate(outs, axis=1)
 
 
+def cached_attention(q, k, v, segment_ids, cache, index):
+    """Attention of a chunk of new queries against a key/value cache (decoding).
+
+    q, k, v: [batch, chunk, heads, head_dim] for positions index .. index+chunk-1 of the
+    cache; cache: dict of key, value [batch, cache_len, heads, head_dim] and segment_ids
+    [batch, cache_len]. Returns (out, updated cache). Same masking as `causal_attention`:
+    causal in cache order and within a segment, so left padding (segment 0) is never
+    attended to by real tokens.
+    """
+    chunk = q.shape[1]
+    keys = jax.lax.dynamic_update_slice(cache["key"], k.astype(cache["key"].dtype), (0, index, 0, 0))
+    values = jax.lax.dynamic_update_slice(cache["value"], v.astype(cache["value"].dtype), (0, index, 0, 0))
+    segments = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids.astype(jnp.int32), (0, index))
+    query_index = index + jnp.arange(chunk)
+    key_index = jnp.arange(keys.shape[1])
+    mask = (segment_ids[:, :, None] == segments[:, None, :]) & (key_index[None, :] <= query_index[:, None])
+    out = jax.nn.dot_product_attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask=mask[:, None])
+    return out, {"key": keys, "value": values, "segment_ids": segments}
+
+
 class Attention(nn.Module):
     cfg: TransformerConfig
+    decode: bool = False
 
     def _kernel(self, name, shape, names, fan_in):
         init = nn.with_logical_partitioning(_dense_init(fan_in), names)
@@ -164,13 +185,34 @@ class Attention(nn.Module):
         q, k = rotary(q, positions, cfg.rope_theta), rotary(k, positions, cfg.rope_theta)
         act_names = (BATCH, LENGTH, ACT_HEADS, None)
         q, k, v = (nn.with_logical_constraint(t, act_names) for t in (q, k, v))
-        out = causal_attention(q, k, v, segment_ids, cfg.attention_block_size)
+        if self.decode:
+            out = self._decode(q, k, v, segment_ids)
+        else:
+            out = causal_attention(q, k, v, segment_ids, cfg.attention_block_size)
         out = nn.with_logical_constraint(out, act_names)
         w_out = self._kernel(
             "out", (cfg.num_heads, cfg.head_dim, cfg.embed_dim), ("heads", "kv", "embed"),
             cfg.num_heads * cfg.head_dim,
         )
         return jnp.einsum("blhd,hde->ble", out, w_out)
+
+    def _decode(self, q, k, v, segment_ids):
+        """Decoding with a cache in the `cache` collection. Its length is the length of the
+        input `init` was called with; each call appends its chunk (prefill, then 1 token)."""
+        initializing = not self.has_variable("cache", "key")
+        cache = {
+            "key": self.variable("cache", "key", jnp.zeros, k.shape, k.dtype),
+            "value": self.variable("cache", "value", jnp.zeros, v.shape, v.dtype),
+            "segment_ids": self.variable("cache", "segment_ids", jnp.zeros, segment_ids.shape, jnp.int32),
+        }
+        index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+        if initializing:  # shapes only: attend as in training
+            return causal_attention(q, k, v, segment_ids)
+        out, updated = cached_attention(q, k, v, segment_ids, {n: c.value for n, c in cache.items()}, index.value)
+        for name, c in cache.items():
+            c.value = updated[name]
+        index.value = index.value + q.shape[1]
+        return out
 
 
 class GatedMLP(nn.Module):
@@ -192,10 +234,11 @@ class GatedMLP(nn.Module):
 
 class Block(nn.Module):
     cfg: TransformerConfig
+    decode: bool = False
 
     @nn.compact
     def __call__(self, x, positions, segment_ids):
-        x = x + Attention(self.cfg, name="attention")(
+        x = x + Attention(self.cfg, self.decode, name="attention")(
             RMSNorm(self.cfg, name="attention_norm")(x), positions, segment_ids
         )
         x = x + GatedMLP(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x))
@@ -206,9 +249,14 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """tokens, positions, segment_ids: int32[batch, length] -> logits float32[batch, length, vocab]."""
+    """tokens, positions, segment_ids: int32[batch, length] -> logits float32[batch, length, vocab].
+
+    With `decode=True` attention reads and appends to a key/value cache (the `cache`
+    collection, made by `init` on an input as long as the cache): see eval/decoding.py.
+    """
 
     cfg: TransformerConfig
+    decode: bool = False
 
     @nn.compact
     def __call__(self, tokens, positions=None, segment_ids=None):
@@ -245,16 +293,16 @@ class Transformer(nn.Module):
             # One compiled block, run num_layers times: compile time stays flat in depth.
             stack = nn.scan(
                 block,
-                variable_axes={"params": 0},
+                variable_axes={"params": 0, "cache": 0},
                 split_rngs={"params": True},
                 in_axes=(nn.broadcast, nn.broadcast),
                 length=cfg.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x, _ = stack(cfg, name="layers")(x, positions, segment_ids)
+            x, _ = stack(cfg, self.decode, name="layers")(x, positions, segment_ids)
         else:
             for i in range(cfg.num_layers):
-                x = block(cfg, name=f"layer_{i}")(x, positions, segment_ids)
+                x = block(cfg, self.decode, name=f"layer_{i}")(x, positions, segment_ids)
 
         x = RMSNorm(cfg, name="final_norm")(x)
         if cfg.tied_embeddings:

@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from doremi_jax import checkpoints, dro, metrics as metrics_lib, sharding
-from doremi_jax.data import inputs, sampler as sampler_lib, stats, weights as weights_lib
-from doremi_jax.eval import perplexity
+from doremi_jax.data import inputs, sampler as sampler_lib, stats, vocab as vocab_lib, weights as weights_lib
+from doremi_jax.eval import downstream as downstream_lib, perplexity
 from doremi_jax.models import Transformer, TransformerConfig, param_count
 from doremi_jax.train import steps
 from doremi_jax.train.state import OptimizerConfig, TrainState, make_optimizer
@@ -94,7 +94,10 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-RUN_OUTPUTS = ("checkpoints", "tensorboard", "metrics.jsonl", "domain_weights.json", "eval_results.json", "summary.json")
+RUN_OUTPUTS = (
+    "checkpoints", "tensorboard", "metrics.jsonl", "domain_weights.json", "eval_results.json",
+    "downstream_results.json", "summary.json",
+)
 
 
 def _check_workdir_identity(workdir: str, identity: dict, overwrite: bool) -> None:
@@ -245,6 +248,7 @@ def train(
     optimizer: OptimizerConfig = OptimizerConfig(),
     config: TrainConfig = TrainConfig(),
     doremi: DroConfig = DroConfig(),
+    downstream: downstream_lib.DownstreamConfig = downstream_lib.DownstreamConfig(),
     sampling_weights: str = "natural",
     overwrite: bool = False,
     eval_only: bool = False,
@@ -253,8 +257,9 @@ def train(
 
     run: `lm` (reference and main models: the token-mean loss on data sampled by
     `sampling_weights`) or `doremi` (the proxy: Group DRO against `doremi.reference_workdir`).
-    Resumes from the latest checkpoint in `workdir/checkpoints`. With `eval_only`, only
-    evaluates that checkpoint (`python -m doremi_jax.evaluate`).
+    Resumes from the latest checkpoint in `workdir/checkpoints`. Evaluates per-domain
+    perplexity, and the `downstream` tasks when any, every `eval_every` steps and at the
+    end. With `eval_only`, only evaluates that checkpoint (`python -m doremi_jax.evaluate`).
     """
     if run not in ("lm", "doremi"):
         raise TrainingError(f"train.run={run!r}: expected 'lm' or 'doremi'")
@@ -346,12 +351,21 @@ def train(
         transformer, device_mesh, mesh.rules, param_shardings, corpus.streams["validation"],
         domains, config.sequence_length, config.batch_size, config.eval_tokens_per_domain,
     )
+    downstream_eval = None
+    if downstream.tasks:
+        downstream_eval = downstream_lib.DownstreamEvaluator(
+            downstream, model, device_mesh, mesh.rules, param_shardings, corpus,
+            vocab_lib.make_vocabulary(data.vocabulary, data.spm_model),
+        )
     if eval_only:
         ckpt.close()
         result = evaluator(state.params)
+        summary = {"step": start, "domains": list(domains), "eval": result.to_json()}
+        if downstream_eval:
+            summary["downstream"] = downstream_eval(state.params)
         if primary:
-            _write_eval(workdir, result)
-        return {"step": start, "domains": list(domains), "eval": result.to_json()}
+            _write_eval(workdir, result, summary.get("downstream"))
+        return summary
 
     # --- The compiled step.
     batch_shard = sharding.batch_sharding(device_mesh)
@@ -449,6 +463,8 @@ def train(
                 t0, last_log_step = time.perf_counter(), step
             if config.eval_every and step % config.eval_every == 0 and step < config.train_steps:
                 writer.write(step, {f"eval/{n}": v for n, v in evaluator(state.params).scalars().items()})
+                if downstream_eval:
+                    writer.write(step, downstream_lib.scalars(downstream_eval(state.params)))
             if run == "doremi" and doremi.early_stop_window:
                 avg_history.append(np.asarray(step_metrics["average_domain_weights"]))
                 w = doremi.early_stop_window
@@ -473,8 +489,11 @@ def train(
             result = evaluator(state.params)
             writer.write(step, {f"eval/{n}": v for n, v in result.scalars().items()})
             summary["eval"] = result.to_json()
+            if downstream_eval:
+                summary["downstream"] = downstream_eval(state.params)
+                writer.write(step, downstream_lib.scalars(summary["downstream"]))
             if primary:
-                _write_eval(workdir, result)
+                _write_eval(workdir, result, summary.get("downstream"))
         writer.close()
     summary["domains"] = list(domains)
     summary["sampling_weights"] = dict(zip(domains, np.asarray(fixed_sampling, float).tolist()))
@@ -504,9 +523,12 @@ def _record(writer, step, step_metrics, summary, max_nonfinite, ckpt):
         )
 
 
-def _write_eval(workdir: str, result) -> None:
+def _write_eval(workdir: str, result, downstream=None) -> None:
     with open(os.path.join(workdir, "eval_results.json"), "w") as f:
         json.dump(result.to_json(), f, indent=2)
+    if downstream is not None:
+        with open(os.path.join(workdir, "downstream_results.json"), "w") as f:
+            json.dump(downstream, f, indent=2)
 
 
 def _write_mixture_gin(workdir: str) -> None:
