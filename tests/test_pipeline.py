@@ -21,7 +21,9 @@ def run(workdir, proxy_bindings=()):
         main_gin=["gin/runs/main.gin", *TINY],
         common_bindings=COMMON,
         proxy_bindings=list(proxy_bindings),
-        main_bindings=["TrainConfig.eval_every = 4"],
+        main_bindings=["TrainConfig.eval_every = 8", "DownstreamConfig.tasks = ['cloze']",
+                       "DownstreamConfig.max_examples = 8", "DownstreamConfig.batch_size = 8",
+                       "DownstreamConfig.prompt_length = 48", "DownstreamConfig.max_new_tokens = 4"],
         max_rounds=2,
         tolerance=1e-9,  # never converged: both rounds run
     )
@@ -68,6 +70,14 @@ def test_outputs(finished):
         assert f"]({png})" in report
         assert (workdir / png).stat().st_size > 5000
     assert "| **average** |" in report and "| noise |" in report
+    # Downstream: cloze accuracy of both main models, per domain, and against steps.
+    cloze = ev["downstream"]["cloze"]
+    for run_name in ("baseline", "doremi"):
+        summary = json.load(open(workdir / f"main_{run_name}" / "summary.json"))
+        assert cloze[run_name] == summary["downstream"]["cloze"]["accuracy"]
+    assert set(cloze["per_domain"]) == set(weights)
+    assert "## Downstream accuracy" in report and "](accuracy_cloze.png)" in report
+    assert (workdir / "accuracy_cloze.png").stat().st_size > 5000
 
 
 def test_rerun_skips_and_a_changed_proxy_redoes_what_follows(finished, capsys):
