@@ -14,7 +14,6 @@ import dataclasses
 import json
 import resource
 import statistics
-import sys
 import time
 from typing import Any
 

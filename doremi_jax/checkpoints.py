@@ -7,11 +7,12 @@ checkpoint cut short by a kill is never restored. All hosts take part in a save
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from doremi_jax import fileio
 
 
 class CheckpointError(RuntimeError):
@@ -20,7 +21,7 @@ class CheckpointError(RuntimeError):
 
 class Checkpointer:
     def __init__(self, directory: str, max_to_keep: int = 3, asynchronous: bool = True):
-        self.directory = os.path.abspath(directory)
+        self.directory = fileio.absolute(directory)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             create=True,
@@ -58,11 +59,11 @@ def restore_params(directory: str, abstract_params: Any) -> Any:
 
     A clear error when there is no checkpoint or its shapes differ from `abstract_params`.
     """
-    if not os.path.isdir(directory):
+    if not fileio.isdir(directory):
         raise CheckpointError(f"no checkpoint folder {directory!r}")
     options = ocp.CheckpointManagerOptions(create=False, read_only=True)
     manager = ocp.CheckpointManager(
-        os.path.abspath(directory), options=options, item_handlers=ocp.PyTreeCheckpointHandler()
+        fileio.absolute(directory), options=options, item_handlers=ocp.PyTreeCheckpointHandler()
     )
     step = manager.latest_step()
     if step is None:

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 import gin
 
-from doremi_jax import sharding
+from doremi_jax import fileio, sharding
 from doremi_jax.data import inputs
 from doremi_jax.eval.downstream import DownstreamConfig
 from doremi_jax.models import TransformerConfig
 from doremi_jax.train import loop, state
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = fileio.REPO_ROOT
 _CONFIGURABLE: dict = {}
 
 
@@ -142,7 +142,7 @@ def train_with_gin(workdir: str, gin_files: Sequence[str], bindings: Sequence[st
     loop.check_writable(workdir)
     parse(gin_files, [f"MODEL_DIR = '{workdir}'", *bindings])
     config_path = os.path.join(workdir, "config.gin")
-    if not os.path.exists(config_path):
+    if not fileio.exists(config_path):
         write_file(config_path, config_str())
     summary = configurable("train")(workdir, **overrides)
     write_file(config_path, operative_config())
@@ -150,17 +150,14 @@ def train_with_gin(workdir: str, gin_files: Sequence[str], bindings: Sequence[st
 
 
 def write_file(path: str, text: str) -> None:
+    """Atomic, by process 0 only (every host runs the same code)."""
     import jax
 
     if jax.process_index() != 0:
         return
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    fileio.write_text_atomic(path, text)
 
 
-def fail(message: str, code: int = 1) -> "NoReturn":  # noqa: F821
+def fail(message: str, code: int = 1) -> NoReturn:
     print(f"error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(code)

@@ -14,6 +14,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from doremi_jax import fileio
+
 
 def _scalar_items(metrics: Mapping, domains: Sequence[str]):
     for name, value in metrics.items():
@@ -33,8 +35,12 @@ class MetricWriter:
         self._tb = None
         if not enabled:
             return
-        os.makedirs(workdir, exist_ok=True)
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        fileio.makedirs(workdir)
+        # Appending is cheap on a local disk; on an object store every flush rewrites
+        # the object, so there rows are flushed in groups (and at close).
+        self._jsonl = fileio.open_file(os.path.join(workdir, "metrics.jsonl"), "a")
+        self._flush_every = 100 if fileio.is_remote(workdir) else 1
+        self._unflushed = 0
         if tensorboard:
             try:
                 from clu import metric_writers  # brings in tensorflow
@@ -50,7 +56,10 @@ class MetricWriter:
             return
         scalars = dict(_scalar_items(metrics, self.domains))
         self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
-        self._jsonl.flush()
+        self._unflushed += 1
+        if self._unflushed >= self._flush_every:
+            self._jsonl.flush()
+            self._unflushed = 0
         if self._tb is not None:
             self._tb.write_scalars(int(step), scalars)
 
@@ -67,10 +76,10 @@ class MetricWriter:
 def read_metrics(workdir: str) -> list[dict]:
     """The rows of a run's metrics.jsonl; on resume the last row of each step wins."""
     path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
+    if not fileio.exists(path):
         return []
     rows: dict[tuple, dict] = {}
-    with open(path) as f:
+    with fileio.open_file(path) as f:
         for line in f:
             if line.strip():
                 row = json.loads(line)
@@ -106,7 +115,8 @@ def plot_weights(path: str, domains: Sequence[str], series: Mapping[str, Sequenc
     ax.legend(loc="lower right", fontsize=8)
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with fileio.open_file(path, "wb") as f:  # a gs:// report folder too
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
 
 
@@ -132,5 +142,6 @@ def plot_lines(
     ax.legend(fontsize=8)
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with fileio.open_file(path, "wb") as f:  # a gs:// report folder too
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)

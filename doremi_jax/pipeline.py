@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from doremi_jax import cli, config, report, sharding
+from doremi_jax import cli, config, fileio, report, sharding
 from doremi_jax.data import weights as weights_lib
 from doremi_jax.train import loop
 
@@ -37,7 +37,7 @@ def _fingerprint(upstream: str) -> str:
 
 
 def _file_hash(path: str) -> str:
-    with open(path, "rb") as f:
+    with fileio.open_file(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
@@ -55,17 +55,15 @@ class Stage:
         config.parse(self.gin_files, [f"MODEL_DIR = '{self.workdir}'", *self.bindings])
         fingerprint = _fingerprint(self.upstream)
         previous = {}
-        if os.path.exists(self.record):
-            with open(self.record) as f:
-                previous = json.load(f)
+        if fileio.exists(self.record):
+            previous = json.loads(fileio.read_text(self.record))
         if previous.get("fingerprint") == fingerprint and previous.get("done"):
             print(f"[{self.name}] done with the same configuration: skipped", flush=True)
-            with open(os.path.join(self.workdir, "summary.json")) as f:
-                return json.load(f), fingerprint
+            return json.loads(fileio.read_text(os.path.join(self.workdir, "summary.json"))), fingerprint
         changed = bool(previous) and previous.get("fingerprint") != fingerprint
         if changed:
             print(f"[{self.name}] configuration or inputs changed: retraining", flush=True)
-        os.makedirs(self.workdir, exist_ok=True)
+        fileio.makedirs(self.workdir)
         _write_json(self.record, {"fingerprint": fingerprint, "done": False})
         summary = config.train_with_gin(self.workdir, self.gin_files, self.bindings, overwrite=changed)
         if summary.get("stopped") == "preempted":
@@ -96,7 +94,7 @@ def run_pipeline(
     """Run every stage; returns eval.json's content. Stage gin files and bindings are
     lists, as on a train command line; the pipeline adds the weights and folders that
     link the stages (REFERENCE_WEIGHTS, REFERENCE_DIR, MIXTURE_WEIGHTS)."""
-    os.makedirs(workdir, exist_ok=True)
+    fileio.makedirs(workdir)
     common = list(common_bindings)
     rounds, reference_weights, upstream = [], initial_reference_weights, "start"
     domains: list[str] = []
@@ -157,8 +155,7 @@ def run_pipeline(
 
 def _weights_of(stage_workdir: str, domains: Sequence[str]) -> np.ndarray:
     """The weights a finished stage sampled its data by (from its summary.json)."""
-    with open(os.path.join(stage_workdir, "summary.json")) as f:
-        sampled = json.load(f)["sampling_weights"]
+    sampled = json.loads(fileio.read_text(os.path.join(stage_workdir, "summary.json")))["sampling_weights"]
     return np.asarray([sampled[d] for d in domains])
 
 
@@ -171,7 +168,7 @@ def main(argv=None) -> None:
         config.parse(files, bindings)
         loop.check_writable(workdir)
         config.write_file(os.path.join(workdir, "pipeline.gin"), config.config_str())
-        pipeline(os.path.abspath(workdir))
+        pipeline(fileio.absolute(workdir))
 
     cli.main(run, argv)
 

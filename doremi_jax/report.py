@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 
-from doremi_jax import metrics
+from doremi_jax import fileio, metrics
 
 
 def _curve(workdir: str, key: str = "eval/log_perplexity/average") -> tuple[list[int], list[float]]:
@@ -213,6 +211,5 @@ def write_report(workdir: str, rounds: list[dict], evaluation: Mapping[str, Any]
         )
         lines += [f"![{task} accuracy over training](accuracy_{task}.png)", ""]
     path = os.path.join(workdir, "report.md")
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
+    fileio.write_text_atomic(path, "\n".join(lines))
     return path

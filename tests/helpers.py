@@ -8,7 +8,7 @@ import random
 
 from doremi_jax.data.inputs import DataConfig
 from doremi_jax.models import TransformerConfig
-from doremi_jax.train.loop import DroConfig, TrainConfig
+from doremi_jax.train.loop import TrainConfig
 from doremi_jax.train.state import OptimizerConfig
 
 TINY = TransformerConfig(vocab_size=384, embed_dim=64, num_layers=2, num_heads=4, head_dim=16, mlp_dim=256, max_length=128)

@@ -182,6 +182,44 @@ def test_weights_round_trip_in_reference_format(tmp_path):
     np.testing.assert_allclose(weights_lib.read_weights(path, ["b", "a"]), [0.75, 0.25])
 
 
+def test_reference_config_format_and_pile_set_names(tmp_path):
+    """A config of the reference implementation (nested, Pile spellings) reads against
+    the folder names our Pile splitter writes."""
+    path = tmp_path / "ref.json"
+    path.write_text(json.dumps({
+        "train_domain_weights": {"PubMed Central": 3, "Wikipedia (en)": 1},
+        "eval_domain_weights": {"PubMed Central": 1, "Wikipedia (en)": 1},
+    }))
+    np.testing.assert_allclose(
+        weights_lib.read_weights(str(path), ["PubMed_Central", "Wikipedia_(en)"]), [0.75, 0.25]
+    )
+    path.write_text(json.dumps({"PubMed Central": 1, "PubMed_Central": 1}))
+    with pytest.raises(ValueError, match="'PubMed_Central' is given twice"):
+        weights_lib.read_weights(str(path), ["PubMed_Central"])
+
+
+@pytest.mark.parametrize("name, pile_cc", [("baseline", 0.1121), ("doremi_280m", 0.6057)])
+def test_shipped_pile_weights(tmp_path, monkeypatch, name, pile_cc):
+    """The paper's weight files cover the 22 Pile domains as the splitter names them, and
+    resolve from any working directory."""
+    from doremi_jax.data import pile
+
+    domains = sorted(pile.folder_name(d) for d in PILE_SET_NAMES)
+    monkeypatch.chdir(tmp_path)
+    corpus = corpus_lib.Corpus("pile", tuple(domains), {})
+    weights = inputs.named_weights(f"weights/pile/{name}.json", corpus)
+    assert len(weights) == 22 and weights.sum() == pytest.approx(1.0)
+    assert weights[domains.index("Pile-CC")] == pytest.approx(pile_cc, abs=2e-4)
+
+
+PILE_SET_NAMES = [
+    "Pile-CC", "PubMed Central", "Books3", "OpenWebText2", "ArXiv", "Github", "FreeLaw", "StackExchange",
+    "USPTO Backgrounds", "PubMed Abstracts", "Gutenberg (PG-19)", "OpenSubtitles", "Wikipedia (en)",
+    "DM Mathematics", "Ubuntu IRC", "BookCorpus2", "EuroParl", "HackerNews", "YoutubeSubtitles", "PhilPapers",
+    "NIH ExPorter", "Enron Emails",
+]
+
+
 def test_pretokenized_domain(tmp_path):
     root = tmp_path / "data" / "tok"
     root.mkdir(parents=True)

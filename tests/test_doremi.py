@@ -1,7 +1,6 @@
 """DoReMi end to end on a problem with a known answer (reference, then proxy)."""
 
 import json
-import os
 
 import numpy as np
 import pytest

@@ -11,14 +11,17 @@ files' names, sizes and modification times and by the vocabulary.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
+import io
 import json
 import logging
 import os
 from typing import Iterator, Sequence
 
 import numpy as np
+from etils import epath
+
+from doremi_jax import fileio
 
 SPLITS = ("train", "validation")
 
@@ -57,21 +60,17 @@ class Corpus:
 
 
 def split_files(data_dir: str, domain: str, split: str) -> list[str]:
-    folder = os.path.join(data_dir, domain)
-    files = sorted(glob.glob(os.path.join(folder, f"{split}*.jsonl")))
-    files += sorted(glob.glob(os.path.join(folder, f"{split}*.txt")))
+    folder = epath.Path(data_dir) / domain
+    files = sorted(os.fspath(p) for p in folder.glob(f"{split}*.jsonl"))
+    files += sorted(os.fspath(p) for p in folder.glob(f"{split}*.txt"))
     return files
 
 
 def list_domains(data_dir: str) -> tuple[str, ...]:
-    if not os.path.isdir(data_dir):
+    if not fileio.isdir(data_dir):
         raise CorpusError(f"DATA_DIR {data_dir!r} does not exist or is not a folder")
     domains = tuple(
-        sorted(
-            d
-            for d in os.listdir(data_dir)
-            if os.path.isdir(os.path.join(data_dir, d)) and not d.startswith(".")
-        )
+        sorted(p.name for p in epath.Path(data_dir).iterdir() if p.is_dir() and not p.name.startswith("."))
     )
     if not domains:
         raise CorpusError(f"DATA_DIR {data_dir!r} holds no domain folders")
@@ -87,7 +86,7 @@ def iter_documents(
     replaced and counted in the log (`'skip'`).
     """
     errors = "strict" if on_decode_error == "fail" else "replace"
-    with open(path, "rb") as f:
+    with fileio.open_file(path, "rb") as f:
         raw = f.read()
     if path.endswith(".txt"):
         try:
@@ -144,14 +143,15 @@ def default_cache_dir() -> str:
 def _fingerprint(files: Sequence[str], vocab, text_field: str) -> str:
     h = hashlib.sha256(f"{vocab.fingerprint}|{text_field}".encode())
     for path in files:
-        st = os.stat(path)
-        h.update(f"|{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}".encode())
+        st = epath.Path(path).stat()
+        h.update(f"|{fileio.absolute(path)}:{st.length}:{st.mtime}".encode())
     return h.hexdigest()[:20]
 
 
 def load_pretokenized(path: str, domain: str, vocab) -> TokenStream:
     try:
-        tokens = np.load(path, allow_pickle=False)
+        with fileio.open_file(path, "rb") as f:
+            tokens = np.load(io.BytesIO(f.read()), allow_pickle=False)
     except (OSError, ValueError) as e:
         raise CorpusError(f"domain {domain!r}: cannot read {path!r} ({e})") from None
     if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
@@ -178,10 +178,10 @@ def load_stream(
     cache_dir: str | None = None,
 ) -> TokenStream:
     folder = os.path.join(data_dir, domain)
-    if not os.path.isdir(folder):
+    if not fileio.isdir(folder):
         raise CorpusError(f"domain {domain!r}: folder {folder!r} does not exist")
     pretokenized = os.path.join(folder, f"{split}.tokens.npy")
-    if os.path.exists(pretokenized):
+    if fileio.exists(pretokenized):
         stream = load_pretokenized(pretokenized, domain, vocab)
         if stream.num_tokens == 0:
             raise CorpusError(f"domain {domain!r}: {pretokenized!r} is empty")

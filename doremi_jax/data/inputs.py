@@ -8,10 +8,10 @@ for T5X projects.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import numpy as np
 
+from doremi_jax import fileio
 from doremi_jax.data import corpus as corpus_lib
 from doremi_jax.data import demo, vocab as vocab_lib, weights as weights_lib
 
@@ -58,6 +58,6 @@ def named_weights(spec: str, corpus: corpus_lib.Corpus) -> np.ndarray:
     if spec == "natural":
         counts = corpus.token_counts("train").astype(np.float64)
         return counts / counts.sum()
-    if os.path.exists(spec) or spec.endswith(".json"):
-        return weights_lib.read_weights(spec, corpus.domains)
+    if spec.endswith(".json") or fileio.exists(spec):
+        return weights_lib.read_weights(fileio.shipped(spec), corpus.domains)
     raise ValueError(f"weights {spec!r}: expected 'natural', 'uniform' or a path to a .json file")

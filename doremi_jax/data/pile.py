@@ -14,13 +14,10 @@ import glob
 import io
 import json
 import os
-import re
 import sys
 from typing import Iterator
 
-
-def folder_name(set_name: str) -> str:
-    return re.sub(r"[\s/\\]+", "_", set_name.strip())
+from doremi_jax.data.weights import folder_name
 
 
 def _lines(path: str) -> Iterator[bytes]:

@@ -13,6 +13,8 @@ from typing import Iterable
 
 import numpy as np
 
+from doremi_jax import fileio
+
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 
 
@@ -45,10 +47,12 @@ class SentencePieceVocabulary:
     def __init__(self, model_path: str):
         import sentencepiece as spm  # only needed for this vocabulary
 
-        if not os.path.exists(model_path):
+        if not fileio.exists(model_path):
             raise FileNotFoundError(f"SentencePiece model {model_path!r} does not exist")
         self.model_path = model_path
-        self._sp = spm.SentencePieceProcessor(model_file=model_path)
+        with fileio.open_file(model_path, "rb") as f:  # local or gs://
+            self._model_proto = f.read()
+        self._sp = spm.SentencePieceProcessor(model_proto=self._model_proto)
         if (self._sp.pad_id(), self._sp.eos_id(), self._sp.unk_id()) != (PAD_ID, EOS_ID, UNK_ID):
             raise ValueError(
                 f"SentencePiece model {model_path!r}: pad/eos/unk ids are "
@@ -64,8 +68,7 @@ class SentencePieceVocabulary:
 
     @property
     def fingerprint(self) -> str:
-        with open(self.model_path, "rb") as f:
-            return "spm-" + hashlib.sha256(f.read()).hexdigest()[:16]
+        return "spm-" + hashlib.sha256(self._model_proto).hexdigest()[:16]
 
 
 def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_prefix: str) -> str:

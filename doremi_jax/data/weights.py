@@ -1,13 +1,38 @@
-"""Domain-weight files: flat JSON `{domain: weight}`, as the reference PyTorch DoReMi writes."""
+"""Domain-weight files: flat JSON `{domain: weight}`.
+
+Files interchange with the reference PyTorch DoReMi: its configs nest the weights as
+`{"train_domain_weights": {...}, "eval_domain_weights": {...}}` (the train weights are
+read) and name Pile domains by `pile_set_name` ("PubMed Central"), where our folders
+replace spaces and slashes by underscores ("PubMed_Central"); both are accepted.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-import os
+import re
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from doremi_jax import fileio
+
+
+def folder_name(domain: str) -> str:
+    """A domain name as a folder name: runs of spaces and slashes become one underscore."""
+    return re.sub(r"[\s/\\]+", "_", domain.strip())
+
+
+def _match_names(weights: Mapping[str, float], domains: Sequence[str]) -> dict[str, float]:
+    """Rename keys that name a domain only up to `folder_name` (e.g. "Wikipedia (en)")."""
+    by_folder = {folder_name(d): d for d in domains}
+    out = {}
+    for key, w in weights.items():
+        name = key if key in domains else by_folder.get(folder_name(key), key)
+        if name in out:
+            raise ValueError(f"domain {name!r} is given twice (as {key!r})")
+        out[name] = w
+    return out
 
 
 def validate_weights(weights: Mapping[str, float], domains: Sequence[str], where: str) -> np.ndarray:
@@ -37,22 +62,23 @@ def validate_weights(weights: Mapping[str, float], domains: Sequence[str], where
 def read_weights(path: str, domains: Sequence[str]) -> np.ndarray:
     """Read a weights file and return float64[len(domains)] on the simplex."""
     try:
-        with open(path) as f:
-            raw = json.load(f)
+        raw = json.loads(fileio.read_text(path))
     except FileNotFoundError:
         raise FileNotFoundError(f"weights file {path!r} does not exist") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"weights file {path!r} is not valid JSON: {e}") from None
+    if isinstance(raw, dict) and isinstance(raw.get("train_domain_weights"), dict):
+        raw = raw["train_domain_weights"]  # the reference implementation's config format
     if not isinstance(raw, dict):
         raise ValueError(f"weights file {path!r}: expected a JSON object {{domain: weight}}")
+    try:
+        raw = _match_names(raw, domains)
+    except ValueError as e:
+        raise ValueError(f"weights file {path!r}: {e}") from None
     return validate_weights(raw, domains, f"weights file {path!r}")
 
 
 def write_weights(path: str, domains: Sequence[str], weights) -> None:
     """Write `{domain: weight}` atomically (a reader never sees half a file)."""
     data = {d: float(w) for d, w in zip(domains, np.asarray(weights, np.float64))}
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    fileio.write_text_atomic(path, json.dumps(data, indent=2) + "\n")

@@ -7,7 +7,6 @@ import functools
 import math
 from typing import Sequence
 
-import flax.linen as nn
 import jax
 import numpy as np
 

@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import signal
 import time
 from typing import Any
@@ -22,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from doremi_jax import checkpoints, dro, metrics as metrics_lib, sharding
+from doremi_jax import checkpoints, dro, fileio, metrics as metrics_lib, sharding
 from doremi_jax.data import inputs, sampler as sampler_lib, stats, vocab as vocab_lib, weights as weights_lib
 from doremi_jax.eval import downstream as downstream_lib, perplexity
 from doremi_jax.models import Transformer, TransformerConfig, param_count
@@ -103,18 +102,13 @@ RUN_OUTPUTS = (
 def _check_workdir_identity(workdir: str, identity: dict, overwrite: bool) -> None:
     """Refuse a workdir holding another experiment's run; with overwrite, start afresh."""
     path = os.path.join(workdir, "run.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            previous = json.load(f)
+    if fileio.exists(path):
+        previous = json.loads(fileio.read_text(path))
         if overwrite:
             logging.warning("overwrite=True: removing the previous run in %s", workdir)
             if jax.process_index() == 0:
                 for name in RUN_OUTPUTS:
-                    target = os.path.join(workdir, name)
-                    if os.path.isdir(target):
-                        shutil.rmtree(target)
-                    elif os.path.exists(target):
-                        os.remove(target)
+                    fileio.remove(os.path.join(workdir, name))
             sync_hosts("overwrite")
         elif previous != identity:
             changed = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
@@ -123,10 +117,7 @@ def _check_workdir_identity(workdir: str, identity: dict, overwrite: bool) -> No
                 "use a new workdir or pass overwrite=True (--gin.train.overwrite=True)"
             )
     if jax.process_index() == 0:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(identity, f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
+        fileio.write_text_atomic(path, json.dumps(identity, indent=2, sort_keys=True))
 
 
 def sync_hosts(name: str) -> None:
@@ -139,13 +130,12 @@ def sync_hosts(name: str) -> None:
 
 def check_writable(workdir: str) -> None:
     try:
-        os.makedirs(workdir, exist_ok=True)
+        fileio.makedirs(workdir)
         probe = os.path.join(workdir, f".write-probe-{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("")
-        os.remove(probe)
+        fileio.write_text_atomic(probe, "")
+        fileio.remove(probe)
     except OSError as e:
-        raise TrainingError(f"workdir {workdir!r} is not writable: {e.strerror}") from None
+        raise TrainingError(f"workdir {workdir!r} is not writable: {e.strerror or e}") from None
 
 
 def abstract_params(model_cfg: TransformerConfig, mesh, rules):
@@ -305,7 +295,7 @@ def train(
         "vocab_size": vocab_size,
         "corpus": corpus.name,
     }
-    if eval_only and not os.path.exists(os.path.join(workdir, "run.json")):
+    if eval_only and not fileio.exists(os.path.join(workdir, "run.json")):
         raise TrainingError(f"no run to evaluate in {workdir!r} (no run.json)")
     _check_workdir_identity(workdir, identity, overwrite and not eval_only)
 
@@ -375,9 +365,8 @@ def train(
             raise TrainingError("a doremi run needs DroConfig.reference_workdir (the reference run's workdir)")
         reference_cfg = doremi.reference_model or model
         ref_identity = os.path.join(doremi.reference_workdir, "run.json")
-        if os.path.exists(ref_identity):
-            with open(ref_identity) as f:
-                ref_run = json.load(f)
+        if fileio.exists(ref_identity):
+            ref_run = json.loads(fileio.read_text(ref_identity))
             if ref_run.get("domains") != list(domains) or ref_run.get("vocab_size") != vocab_size:
                 raise TrainingError(
                     f"reference run {doremi.reference_workdir!r} was trained on domains "
@@ -504,8 +493,7 @@ def train(
             weights_lib.write_weights(os.path.join(workdir, "domain_weights.json"), domains, average)
             _write_mixture_gin(workdir)
     if primary:
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+        fileio.write_text_atomic(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2))
     return summary
 
 
@@ -524,16 +512,15 @@ def _record(writer, step, step_metrics, summary, max_nonfinite, ckpt):
 
 
 def _write_eval(workdir: str, result, downstream=None) -> None:
-    with open(os.path.join(workdir, "eval_results.json"), "w") as f:
-        json.dump(result.to_json(), f, indent=2)
+    fileio.write_text_atomic(os.path.join(workdir, "eval_results.json"), json.dumps(result.to_json(), indent=2))
     if downstream is not None:
-        with open(os.path.join(workdir, "downstream_results.json"), "w") as f:
-            json.dump(downstream, f, indent=2)
+        fileio.write_text_atomic(os.path.join(workdir, "downstream_results.json"), json.dumps(downstream, indent=2))
 
 
 def _write_mixture_gin(workdir: str) -> None:
     """A gin file that points a main run's mixture at this proxy's ᾱ."""
-    path = os.path.join(os.path.abspath(workdir), "domain_weights.json")
-    with open(os.path.join(workdir, "main_mixture.gin"), "w") as f:
-        f.write(f"# Train a main model on the DoReMi weights of {workdir}.\n")
-        f.write(f"train.sampling_weights = '{path}'\n")
+    path = os.path.join(fileio.absolute(workdir), "domain_weights.json")
+    fileio.write_text_atomic(
+        os.path.join(workdir, "main_mixture.gin"),
+        f"# Train a main model on the DoReMi weights of {workdir}.\ntrain.sampling_weights = '{path}'\n",
+    )

@@ -8,7 +8,6 @@ the global batch, α_t by the multiplicative-weights transform, and a gradient s
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable
 
 import jax
