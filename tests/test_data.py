@@ -258,8 +258,21 @@ def test_pile_split_by_set_name(tmp_path):
     assert json.loads((tmp_path / "out" / "PubMed_Central" / "train-00000.jsonl").read_text())["text"] == "a paper"
     assert json.load(open(tmp_path / "out" / "train_counts.json"))["Github"]["documents"] == 1
     (tmp_path / "bad.jsonl").write_text('{"text": "no meta"}\n')
-    with pytest.raises(SystemExit, match="bad.jsonl:1: not a Pile record"):
+    with pytest.raises(SystemExit, match="bad.jsonl:1: not a record with 'text' and 'meta/pile_set_name'"):
         pile.split_pile([str(tmp_path / "bad.jsonl")], str(tmp_path / "out2"))
+
+
+def test_jsonl_split_by_any_domain_field(tmp_path):
+    from doremi_jax.data import pile
+
+    src = tmp_path / "x.jsonl"
+    src.write_text("".join(json.dumps({"body": f"doc {i}", "source": {"name": ["news", "forum"][i % 2]}}) + "\n"
+                           for i in range(5)))
+    counts = pile.split_pile([str(src)], str(tmp_path / "out"), "validation", domain_field="source/name",
+                             text_field="body")
+    assert {d: c["documents"] for d, c in counts.items()} == {"news": 3, "forum": 2}
+    lines = (tmp_path / "out" / "forum" / "validation-00000.jsonl").read_text().splitlines()
+    assert [json.loads(line)["text"] for line in lines] == ["doc 1", "doc 3"]
 
 
 def test_epochs_and_capping():

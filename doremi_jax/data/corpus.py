@@ -1,7 +1,8 @@
 """A corpus of domains on disk: `DATA_DIR/<domain>/{train,validation}.jsonl` (or `.txt`).
 
-A domain may instead hold pre-tokenized data, `<split>.tokens.npy`: one int array of
-token ids with documents separated by EOS (id 1).
+A domain may instead hold pre-tokenized data: `<split>.tokens.npy`, one int array of
+token ids with documents separated by EOS (id 1), or `<split>*.tfrecord` /
+`<split>*.array_record` shards of tf.train.Examples (`records.py`).
 
 Each domain's split is tokenized once into a `TokenStream` (documents concatenated,
 each followed by EOS) and cached as `.npy` under the cache directory, keyed by the
@@ -22,6 +23,7 @@ import numpy as np
 from etils import epath
 
 from doremi_jax import fileio
+from doremi_jax.data import records
 
 SPLITS = ("train", "validation")
 
@@ -176,6 +178,7 @@ def load_stream(
     text_field: str = "text",
     on_decode_error: str = "fail",
     cache_dir: str | None = None,
+    record_feature: str = "targets",
 ) -> TokenStream:
     folder = os.path.join(data_dir, domain)
     if not fileio.isdir(folder):
@@ -187,16 +190,24 @@ def load_stream(
             raise CorpusError(f"domain {domain!r}: {pretokenized!r} is empty")
         return stream
     files = split_files(data_dir, domain, split)
-    if not files:
+    shards = sorted(os.fspath(p) for s in records.SUFFIXES for p in epath.Path(folder).glob(f"{split}*{s}"))
+    if not files and not shards:
         raise CorpusError(
-            f"domain {domain!r}: no {split}*.jsonl, {split}*.txt or {split}.tokens.npy in {folder!r}"
+            f"domain {domain!r}: no {split}*.jsonl, {split}*.txt, {split}.tokens.npy, "
+            f"{split}*.tfrecord or {split}*.array_record in {folder!r}"
         )
-    cache = os.path.join(cache_dir or default_cache_dir(), "tokens", _fingerprint(files, vocab, text_field))
+    if files and shards:
+        raise CorpusError(f"domain {domain!r}: {folder!r} mixes text files and record shards for {split}")
+    key = _fingerprint(files, vocab, text_field) if files else _fingerprint(shards, vocab, f"records:{record_feature}")
+    cache = os.path.join(cache_dir or default_cache_dir(), "tokens", key)
     path = os.path.join(cache, f"{domain}.{split}.npz")
     if os.path.exists(path):
         with np.load(path) as z:
             return TokenStream(z["tokens"], z["doc_starts"], int(z["num_bytes"]))
-    stream = tokenize_files(files, vocab, text_field, on_decode_error)
+    if files:
+        stream = tokenize_files(files, vocab, text_field, on_decode_error)
+    else:
+        stream = records.load_shards(shards, vocab, domain, record_feature)
     if stream.num_tokens == 0:
         raise CorpusError(f"domain {domain!r}: the {split} split in {folder!r} is empty")
     os.makedirs(cache, exist_ok=True)
@@ -215,6 +226,7 @@ def load_corpus(
     text_field: str = "text",
     on_decode_error: str = "fail",
     cache_dir: str | None = None,
+    record_feature: str = "targets",
 ) -> Corpus:
     """Tokenized streams of every domain and split. `domains` defaults to the sub-folders."""
     if on_decode_error not in ("fail", "skip"):
@@ -222,7 +234,7 @@ def load_corpus(
     domains = tuple(domains) if domains else list_domains(data_dir)
     streams = {
         split: [
-            load_stream(data_dir, d, split, vocab, text_field, on_decode_error, cache_dir)
+            load_stream(data_dir, d, split, vocab, text_field, on_decode_error, cache_dir, record_feature)
             for d in domains
         ]
         for split in splits

@@ -25,6 +25,7 @@ class DataConfig:
     vocabulary: str = "byte"  # or "sentencepiece"
     spm_model: str | None = None
     text_field: str = "text"
+    record_feature: str = "targets"  # token-id feature of .tfrecord / .array_record shards
     on_decode_error: str = "fail"  # or "skip"
     packing: bool = True
     cache_dir: str | None = None
@@ -43,6 +44,7 @@ def build_corpus(cfg: DataConfig) -> corpus_lib.Corpus:
         text_field=cfg.text_field,
         on_decode_error=cfg.on_decode_error,
         cache_dir=cfg.cache_dir,
+        record_feature=cfg.record_feature,
     )
 
 

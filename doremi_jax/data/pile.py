@@ -1,6 +1,7 @@
 """`python -m doremi_jax.data.pile --input 'PATH/*.jsonl.zst' --output_dir OUT [--split train]`.
 
-Splits The Pile by `meta.pile_set_name` into the folder layout doremi_jax reads,
+Splits The Pile by `meta.pile_set_name` (or any jsonl corpus by the field given with
+`--domain_field`, a path such as `meta/source`) into the folder layout doremi_jax reads,
 `OUT/<domain>/<split>-NNNNN.jsonl` (sharded), and writes `OUT/<split>_counts.json`
 (documents and UTF-8 bytes per domain). Domain names become folder names with spaces
 and slashes replaced by underscores ("PubMed Central" -> "PubMed_Central").
@@ -34,7 +35,22 @@ def _lines(path: str) -> Iterator[bytes]:
             yield from f
 
 
-def split_pile(inputs: list[str], output_dir: str, split: str = "train", shard_docs: int = 100_000) -> dict:
+def _field(record: dict, path: str):
+    for key in path.split("/"):
+        record = record[key]
+    return record
+
+
+def split_pile(
+    inputs: list[str],
+    output_dir: str,
+    split: str = "train",
+    shard_docs: int = 100_000,
+    domain_field: str = "meta/pile_set_name",
+    text_field: str = "text",
+) -> dict:
+    """Split jsonl records by the value of `domain_field` (a path, "meta/pile_set_name"
+    for The Pile) into the folder layout; returns the counts per domain."""
     counts: dict[str, dict[str, int]] = {}
     writers: dict[str, tuple] = {}  # domain -> (file, shard index, docs in shard)
     os.makedirs(output_dir, exist_ok=True)
@@ -60,10 +76,12 @@ def split_pile(inputs: list[str], output_dir: str, split: str = "train", shard_d
                     continue
                 try:
                     record = json.loads(line)
-                    domain = folder_name(record["meta"]["pile_set_name"])
-                    text = record["text"]
+                    domain = folder_name(str(_field(record, domain_field)))
+                    text = _field(record, text_field)
                 except (json.JSONDecodeError, KeyError, TypeError):
-                    raise SystemExit(f"error: {path}:{lineno}: not a Pile record (needs text and meta.pile_set_name)") from None
+                    raise SystemExit(
+                        f"error: {path}:{lineno}: not a record with {text_field!r} and {domain_field!r}"
+                    ) from None
                 write(domain, text)
     finally:
         for f, _, _ in writers.values():
@@ -79,12 +97,15 @@ def main(argv=None) -> None:
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--split", default="train", choices=["train", "validation"])
     parser.add_argument("--shard_docs", type=int, default=100_000)
+    parser.add_argument("--domain_field", default="meta/pile_set_name",
+                        help="path of the field that names a record's domain (any jsonl corpus)")
+    parser.add_argument("--text_field", default="text")
     args = parser.parse_args(argv)
     inputs = sorted(glob.glob(args.input))
     if not inputs:
         print(f"error: no files match {args.input!r}", file=sys.stderr)
         raise SystemExit(1)
-    counts = split_pile(inputs, args.output_dir, args.split, args.shard_docs)
+    counts = split_pile(inputs, args.output_dir, args.split, args.shard_docs, args.domain_field, args.text_field)
     for domain, c in sorted(counts.items()):
         print(f"{domain:<24}{c['documents']:>12,} documents {c['bytes']:>16,} bytes")
 

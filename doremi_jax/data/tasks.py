@@ -6,7 +6,13 @@ Importing this module registers the demo corpus:
     MIXTURE_OR_TASK_NAME = "demo_natural"
 
 and `register_folder_corpus("pile", "/data/pile", weights={"doremi": "w.json"})` registers
-`pile_<domain>` Tasks and `pile_natural`, `pile_uniform`, `pile_doremi` Mixtures.
+`pile_<domain>` Tasks and `pile_natural`, `pile_uniform`, `pile_doremi` Mixtures. A
+domain folder of text (jsonl, txt) is tokenized by the task's vocabulary; one of
+pre-tokenized TFRecord shards is read by `seqio.TFExampleDataSource`, and `.tokens.npy`
+or ArrayRecord shards through doremi_jax's own loader.
+
+`register_tfds_corpus` does the same for a TFDS dataset whose examples carry a domain
+field (The Pile's `meta/pile_set_name`): one Task per value of that field.
 
 Each example carries `targets` (tokens + EOS) and `domain_ids` (the domain's index, one
 per token); `DomainLMFeatureConverter` packs both and passes `domain_ids` through, so a
@@ -17,10 +23,12 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from typing import Mapping, Sequence
 
 import seqio
 import tensorflow as tf
+from etils import epath
 
 from doremi_jax.data import corpus as corpus_lib
 from doremi_jax.data import demo
@@ -28,6 +36,12 @@ from doremi_jax.data import weights as weights_lib
 from doremi_jax.data.vocab import ByteVocabulary
 
 DEFAULT_VOCABULARY = seqio.ByteVocabulary()
+
+
+def task_name(corpus: str, domain: str) -> str:
+    """`<corpus>_<domain>`, with characters seqio refuses in names ("-", "(", " ")
+    replaced by "_": "pile" and "Gutenberg (PG-19)" give "pile_Gutenberg__PG_19_"."""
+    return re.sub(r"[^\w.:#]", "_", f"{corpus}_{domain}")
 
 
 def _read_split(data_dir_fn, domain: str, text_field: str, split: str, shuffle_files: bool, seed=None):
@@ -51,6 +65,50 @@ def _add_domain_ids(dataset: tf.data.Dataset, domain_id: int) -> tf.data.Dataset
 
 def _rekey_text(dataset: tf.data.Dataset) -> tf.data.Dataset:
     return dataset.map(lambda ex: {"targets": ex["text"]}, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _read_token_split(data_dir_fn, domain: str, split: str, shuffle_files: bool, seed=None):
+    """Pre-tokenized documents (.tokens.npy, ArrayRecord) as {"targets": int32[None]}."""
+    stream = corpus_lib.load_stream(data_dir_fn(), domain, split, ByteVocabulary())
+    ends = list(stream.doc_starts[1:]) + [stream.num_tokens]
+
+    def documents():
+        for start, end in zip(stream.doc_starts, ends):
+            yield {"targets": stream.tokens[start:end - 1]}  # without the EOS the task appends
+
+    return tf.data.Dataset.from_generator(
+        documents, output_signature={"targets": tf.TensorSpec([None], tf.int32)}
+    )
+
+
+def _dense_targets(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    def dense(ex):
+        return {"targets": tf.cast(tf.sparse.to_dense(ex["targets"]), tf.int32)}
+
+    return dataset.map(dense, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _domain_source(data_dir_fn, data_dir: str | None, domain: str, text_field: str):
+    """(source, preprocessors before EOS) for one domain folder, by what it holds."""
+    if data_dir is not None:
+        folder = os.path.join(data_dir, domain)
+        if corpus_lib.split_files(data_dir, domain, "train"):
+            pass  # text: below
+        elif list(epath.Path(folder).glob("train*.tfrecord")):
+            source = seqio.TFExampleDataSource(
+                {s: os.path.join(folder, f"{s}*.tfrecord") for s in corpus_lib.SPLITS},
+                feature_description={"targets": tf.io.VarLenFeature(tf.int64)},
+            )
+            return source, [_dense_targets]
+        else:
+            source = seqio.FunctionDataSource(
+                functools.partial(_read_token_split, data_dir_fn, domain), splits=corpus_lib.SPLITS
+            )
+            return source, []
+    source = seqio.FunctionDataSource(
+        functools.partial(_read_split, data_dir_fn, domain, text_field), splits=corpus_lib.SPLITS
+    )
+    return source, [_rekey_text, seqio.preprocessors.tokenize]
 
 
 @functools.lru_cache(maxsize=None)
@@ -80,30 +138,93 @@ def register_folder_corpus(
     }
     task_names = []
     for i, domain in enumerate(domains):
-        task_name = f"{name}_{domain}"
-        seqio.TaskRegistry.remove(task_name)
+        task = task_name(name, domain)
+        source, to_tokens = _domain_source(data_dir_fn, data_dir, domain, text_field)
+        seqio.TaskRegistry.remove(task)
         seqio.TaskRegistry.add(
-            task_name,
-            source=seqio.FunctionDataSource(
-                functools.partial(_read_split, data_dir_fn, domain, text_field),
-                splits=("train", "validation"),
-            ),
+            task,
+            source=source,
             preprocessors=[
-                _rekey_text,
+                *to_tokens,
+                seqio.preprocessors.append_eos_after_trim,
+                functools.partial(_add_domain_ids, domain_id=i),
+            ],
+            output_features=output_features,
+        )
+        task_names.append(task)
+    domain_of = dict(zip(task_names, domains))
+
+    def natural_rate(task: seqio.Task) -> float:
+        return float(_token_count(data_dir_fn(), domain_of[task.name]))
+
+    mixtures = {"natural": [(t, natural_rate) for t in task_names], "uniform": [(t, 1.0) for t in task_names]}
+    for tag, path in (weights or {}).items():
+        w = weights_lib.read_weights(path, domains)
+        mixtures[tag] = [(t, float(x)) for t, x in zip(task_names, w)]
+    for tag, rates in mixtures.items():
+        seqio.MixtureRegistry.remove(f"{name}_{tag}")
+        seqio.MixtureRegistry.add(f"{name}_{tag}", rates)
+    return [f"{name}_{tag}" for tag in mixtures]
+
+
+def _field(example, path: str):
+    for key in path.split("/"):
+        example = example[key]
+    return example
+
+
+def _select_domain(dataset: tf.data.Dataset, domain_field: str, value: str, text_field: str) -> tf.data.Dataset:
+    """Examples of one domain (an integer field, such as a label, compares as its string)."""
+
+    def keep(example):
+        field = _field(example, domain_field)
+        if field.dtype != tf.string:
+            field = tf.strings.as_string(field)
+        return tf.equal(field, value)
+
+    return dataset.filter(keep).map(lambda ex: {"targets": _field(ex, text_field)}, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def register_tfds_corpus(
+    name: str,
+    tfds_name: str,
+    domain_field: str,
+    domains: Sequence[str],
+    text_field: str = "text",
+    vocabulary: seqio.Vocabulary = DEFAULT_VOCABULARY,
+    weights: Mapping[str, str] | None = None,
+    tfds_data_dir: str | None = None,
+) -> list[str]:
+    """Register `<name>_<domain>` Tasks over one TFDS dataset, each keeping the examples
+    whose `domain_field` (a path such as "meta/pile_set_name") equals the domain's value,
+    and `<name>_uniform` plus `<name>_<tag>` Mixtures for the weights files. Domain
+    values are matched to weights files through `weights.folder_name` ("PubMed Central"
+    -> "PubMed_Central"), the names the Pile splitter uses, and named by `task_name`."""
+    output_features = {
+        "targets": seqio.Feature(vocabulary, add_eos=True),
+        "domain_ids": seqio.Feature(seqio.PassThroughVocabulary(len(domains)), add_eos=False, required=False),
+    }
+    source = seqio.TfdsDataSource(tfds_name=tfds_name, tfds_data_dir=tfds_data_dir)
+    task_names = []
+    for i, value in enumerate(domains):
+        task = task_name(name, weights_lib.folder_name(value))
+        seqio.TaskRegistry.remove(task)
+        seqio.TaskRegistry.add(
+            task,
+            source=source,
+            preprocessors=[
+                functools.partial(_select_domain, domain_field=domain_field, value=value, text_field=text_field),
                 seqio.preprocessors.tokenize,
                 seqio.preprocessors.append_eos_after_trim,
                 functools.partial(_add_domain_ids, domain_id=i),
             ],
             output_features=output_features,
         )
-        task_names.append(task_name)
-
-    def natural_rate(task: seqio.Task) -> float:
-        return float(_token_count(data_dir_fn(), task.name[len(name) + 1:]))
-
-    mixtures = {"natural": [(t, natural_rate) for t in task_names], "uniform": [(t, 1.0) for t in task_names]}
+        task_names.append(task)
+    folders = [weights_lib.folder_name(v) for v in domains]
+    mixtures = {"uniform": [(t, 1.0) for t in task_names]}
     for tag, path in (weights or {}).items():
-        w = weights_lib.read_weights(path, domains)
+        w = weights_lib.read_weights(path, folders)
         mixtures[tag] = [(t, float(x)) for t, x in zip(task_names, w)]
     for tag, rates in mixtures.items():
         seqio.MixtureRegistry.remove(f"{name}_{tag}")

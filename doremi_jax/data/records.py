@@ -1,0 +1,112 @@
+"""Pre-tokenized shards: TFRecord and ArrayRecord files of `tf.train.Example`s.
+
+Each record is one document whose token ids are an int64 list feature (`targets` by
+default, the feature name seqio's decoder-only tasks use), as written by seqio/T5X
+caching jobs or by `write_records`. A domain folder holding `<split>-*.tfrecord` or
+`<split>-*.array_record` shards is read into one `TokenStream` (each document followed
+by EOS) and cached like tokenized text. tensorflow and array_record are imported only
+here and only when such shards are read.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from doremi_jax import fileio
+
+SUFFIXES = (".tfrecord", ".array_record")
+
+
+class RecordError(ValueError):
+    pass
+
+
+def _serialized(path: str) -> Iterator[bytes]:
+    if path.endswith(".array_record"):
+        from array_record.python import array_record_module
+
+        reader = array_record_module.ArrayRecordReader(path)
+        try:
+            yield from reader.read_all()
+        finally:
+            reader.close()
+    else:
+        import tensorflow as tf
+
+        for record in tf.data.TFRecordDataset([path]).as_numpy_iterator():
+            yield record
+
+
+def read_documents(path: str, feature: str = "targets") -> Iterator[np.ndarray]:
+    """The token ids of every record in one shard."""
+    import tensorflow as tf
+
+    for i, record in enumerate(_serialized(path)):
+        try:
+            example = tf.train.Example.FromString(record)
+        except Exception:  # noqa: BLE001 - protobuf raises its own DecodeError
+            raise RecordError(f"{path}: record {i} is not a tf.train.Example") from None
+        features = example.features.feature
+        if feature not in features:
+            raise RecordError(f"{path}: record {i} has no feature {feature!r} (has {sorted(features)})")
+        ids = features[feature].int64_list.value
+        if not ids and features[feature].bytes_list.value:
+            raise RecordError(f"{path}: feature {feature!r} of record {i} holds bytes, not token ids")
+        yield np.asarray(ids, np.int64)
+
+
+def load_shards(files: Sequence[str], vocab, domain: str, feature: str = "targets"):
+    """One TokenStream from the shards of a domain's split, ids checked against `vocab`."""
+    from doremi_jax.data.corpus import CorpusError, TokenStream
+
+    pieces, starts, pos = [], [], 0
+    eos = np.asarray([vocab.eos_id], np.int32)
+    for path in files:
+        try:
+            for ids in read_documents(path, feature):
+                if ids.size == 0:
+                    continue
+                if ids.min() < 0 or ids.max() >= vocab.vocab_size:
+                    raise CorpusError(
+                        f"domain {domain!r}: {path} has ids outside the vocabulary [0, {vocab.vocab_size})"
+                    )
+                if ids[-1] == vocab.eos_id:  # already terminated
+                    ids = ids[:-1]
+                starts.append(pos)
+                pieces += [ids.astype(np.int32), eos]
+                pos += ids.size + 1
+        except RecordError as e:
+            raise CorpusError(f"domain {domain!r}: {e}") from None
+    tokens = np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
+    # No text to count: a token stands for one byte in bits-per-byte, as for .tokens.npy.
+    return TokenStream(tokens, np.asarray(starts, np.int64), int(tokens.size))
+
+
+def write_records(path: str, documents: Iterable[Sequence[int]], feature: str = "targets") -> int:
+    """Write token-id documents as one TFRecord or ArrayRecord shard (by suffix)."""
+    import tensorflow as tf
+
+    serialized = [
+        tf.train.Example(features=tf.train.Features(feature={
+            feature: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(i) for i in doc]))
+        })).SerializeToString()
+        for doc in documents
+    ]
+    if not path.endswith(SUFFIXES):
+        raise ValueError(f"{path}: expected a .tfrecord or .array_record file")
+    fileio.makedirs(os.path.dirname(fileio.absolute(path)))
+    if path.endswith(".array_record"):
+        from array_record.python import array_record_module
+
+        writer = array_record_module.ArrayRecordWriter(path, "group_size:1")
+        for record in serialized:
+            writer.write(record)
+        writer.close()
+    else:
+        with tf.io.TFRecordWriter(path) as writer:
+            for record in serialized:
+                writer.write(record)
+    return len(serialized)
