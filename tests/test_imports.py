@@ -10,7 +10,8 @@ def test_core_does_not_import_tensorflow_or_seqio():
     code = (
         "import sys\n"
         "import doremi_jax.models, doremi_jax.dro, doremi_jax.train, doremi_jax.train.loop, "
-        "doremi_jax.train.steps, doremi_jax.sharding, doremi_jax.checkpoints, doremi_jax.bench\n"
+        "doremi_jax.train.steps, doremi_jax.sharding, doremi_jax.checkpoints, doremi_jax.bench, "
+        "doremi_jax.eval.downstream, doremi_jax.eval.decoding, doremi_jax.fileio, doremi_jax.pipeline\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'seqio', 'tensorflow_datasets'))\n"
         "assert not bad, bad\n"
         "print('clean')\n"
