@@ -204,7 +204,7 @@ EXPECTED_FIRST = {
 
 @pytest.mark.parametrize("task", sorted(EXPECTED_FIRST))
 def test_oneshot_task_formatting_and_scoring(task, mock_tfds):
-    from doremi_jax.eval import oneshot
+    from doremi_jax.data import oneshot_tasks as oneshot
 
     examples = oneshot.examples(task, max_examples=2)
     assert len(examples) == 2
@@ -216,7 +216,7 @@ def test_oneshot_task_formatting_and_scoring(task, mock_tfds):
 
 
 def test_squad_v2_unanswerable_question(mock_tfds):
-    from doremi_jax.eval import oneshot
+    from doremi_jax.data import oneshot_tasks as oneshot
 
     examples = oneshot.examples("squad_v2", max_examples=3)
     assert examples[1].answers == ()
@@ -229,7 +229,7 @@ def test_oneshot_task_through_seqio_as_t5x_would(mock_tfds):
     predictions against every gold answer."""
     import seqio
 
-    from doremi_jax.eval import oneshot
+    from doremi_jax.data import oneshot_tasks as oneshot
 
     oneshot.register()
     task = seqio.get_mixture_or_task("doremi_oneshot_trivia_qa")
@@ -243,7 +243,7 @@ def test_oneshot_task_through_seqio_as_t5x_would(mock_tfds):
 
 
 def test_unknown_task_is_named(mock_tfds):
-    from doremi_jax.eval import oneshot
+    from doremi_jax.data import oneshot_tasks as oneshot
 
     with pytest.raises(ValueError, match="unknown one-shot task 'trivia'"):
         oneshot.examples("trivia", 2)

@@ -9,7 +9,6 @@ control whose accuracy should stay near zero.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import zlib
 from typing import Sequence
@@ -17,13 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from doremi_jax.data.corpus import TokenStream
-
-
-@dataclasses.dataclass(frozen=True)
-class Example:
-    prompt: str
-    answers: tuple[str, ...]
-    group: str  # the domain (cloze) or the task
+from doremi_jax.eval.scoring import Example
 
 
 def cloze_examples(

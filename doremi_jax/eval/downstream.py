@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from doremi_jax.eval import cloze, decoding, scoring
+from doremi_jax.eval.scoring import Example
 
 CLOZE = "cloze"
 
@@ -20,7 +21,7 @@ CLOZE = "cloze"
 class DownstreamConfig:
     """Which tasks and how many examples; bound in gin (DownstreamConfig.tasks = ['cloze'])."""
 
-    tasks: tuple[str, ...] = ()  # 'cloze' and/or one-shot tasks (eval/oneshot.py SPECS)
+    tasks: tuple[str, ...] = ()  # 'cloze' and/or one-shot tasks (data/oneshot_tasks.py SPECS)
     max_examples: int = 128  # per task; for cloze, per domain
     batch_size: int = 32
     prompt_length: int = 96
@@ -29,7 +30,7 @@ class DownstreamConfig:
     seed: int = 0
 
 
-def task_examples(cfg: DownstreamConfig, corpus, vocab) -> dict[str, list[cloze.Example]]:
+def task_examples(cfg: DownstreamConfig, corpus, vocab) -> dict[str, list[Example]]:
     out = {}
     for task in cfg.tasks:
         if task == CLOZE:
@@ -37,9 +38,9 @@ def task_examples(cfg: DownstreamConfig, corpus, vocab) -> dict[str, list[cloze.
                 corpus.streams["validation"], corpus.domains, vocab, cfg.max_examples, cfg.seed
             )
         else:
-            from doremi_jax.eval import oneshot  # tensorflow and seqio: only when asked for
+            from doremi_jax.data import oneshot_tasks  # tensorflow and seqio: only when asked for
 
-            out[task] = oneshot.examples(task, cfg.max_examples, cfg.tfds_data_dir)
+            out[task] = oneshot_tasks.examples(task, cfg.max_examples, cfg.tfds_data_dir)
         if not out[task]:
             raise ValueError(f"downstream task {task!r} has no examples")
     return out
@@ -48,12 +49,12 @@ def task_examples(cfg: DownstreamConfig, corpus, vocab) -> dict[str, list[cloze.
 def metric_of(task: str) -> str:
     if task == CLOZE:
         return "first_word"
-    from doremi_jax.eval import oneshot
+    from doremi_jax.data import oneshot_tasks
 
-    return oneshot.SPECS[task].metric
+    return oneshot_tasks.SPECS[task].metric
 
 
-def score(task: str, examples: Sequence[cloze.Example], generations: Sequence[str]) -> dict[str, Any]:
+def score(task: str, examples: Sequence[Example], generations: Sequence[str]) -> dict[str, Any]:
     """Accuracy of a task, and per group (domain) for the cloze task."""
     fn = scoring.METRICS[metric_of(task)]
     correct = np.asarray([fn(g, ex.answers) for ex, g in zip(examples, generations)], bool)

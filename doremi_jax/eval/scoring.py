@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import string
 from typing import Sequence
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One prompt to complete and the answers that count as right."""
+
+    prompt: str
+    answers: tuple[str, ...]
+    group: str  # the domain (cloze) or the task
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = set(string.punctuation)

@@ -8,7 +8,8 @@ a blank line, then the question; `inputs` is that prompt, `targets` the first go
 answer and `answers` every gold answer. Importing this module registers them, so a
 T5X project can evaluate with them too (`postprocess_fn` returns the gold answers of
 a target and the first line of a prediction; `metric_fns` is exact match).
-The trainer never imports this module; `downstream.py` does when a TFDS task is asked for.
+The trainer never imports this module; `eval/downstream.py` does when a TFDS task is
+asked for. Scoring (answer normalization, exact match) lives in `eval/scoring.py`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import seqio
 import tensorflow as tf
 
 from doremi_jax.eval import scoring
-from doremi_jax.eval.cloze import Example
+from doremi_jax.eval.scoring import Example
 
 
 @dataclasses.dataclass(frozen=True)
