@@ -107,3 +107,18 @@ def test_untied_embeddings_add_an_unembedding():
 def test_bad_remat_policy_is_a_clear_error():
     with pytest.raises(ValueError, match="remat_policy"):
         TransformerConfig(remat_policy="sometimes")
+
+
+def test_blocked_attention_equals_one_call():
+    """The CPU path (query blocks, einsum softmax) computes the same function and gradient
+    as one `dot_product_attention` call, with packed documents and padding."""
+    from doremi_jax.models.transformer import causal_attention
+
+    q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (2, 64, 4, 16)) for i in range(3))
+    seg = jnp.concatenate([jnp.ones((2, 40), jnp.int32), 2 * jnp.ones((2, 20), jnp.int32), jnp.zeros((2, 4), jnp.int32)], 1)
+    one, blocked = (lambda q, k, v, b=b: jnp.sum(jnp.sin(causal_attention(q, k, v, seg, b))) for b in (0, 16))
+    np.testing.assert_allclose(one(q, k, v), blocked(q, k, v), rtol=1e-5)
+    for g1, g2 in zip(jax.grad(one, (0, 1, 2))(q, k, v), jax.grad(blocked, (0, 1, 2))(q, k, v)):
+        np.testing.assert_allclose(g1, g2, atol=1e-5)
+    with pytest.raises(ValueError, match="not a multiple of attention_block_size=24"):
+        causal_attention(q, k, v, seg, 24)
