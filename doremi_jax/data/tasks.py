@@ -132,10 +132,7 @@ def register_folder_corpus(
     """
     data_dir_fn = (lambda: data_dir) if data_dir else demo.build_demo_corpus
     domains = list(domains or (demo.DOMAINS if data_dir is None else corpus_lib.list_domains(data_dir)))
-    output_features = {
-        "targets": seqio.Feature(vocabulary, add_eos=True),
-        "domain_ids": seqio.Feature(seqio.PassThroughVocabulary(len(domains)), add_eos=False, required=False),
-    }
+    output_features = _output_features(vocabulary, len(domains))
     task_names = []
     for i, domain in enumerate(domains):
         task = task_name(name, domain)
@@ -157,7 +154,21 @@ def register_folder_corpus(
     def natural_rate(task: seqio.Task) -> float:
         return float(_token_count(data_dir_fn(), domain_of[task.name]))
 
-    mixtures = {"natural": [(t, natural_rate) for t in task_names], "uniform": [(t, 1.0) for t in task_names]}
+    return _register_mixtures(name, task_names, domains, weights, natural=natural_rate)
+
+
+def _output_features(vocabulary: seqio.Vocabulary, num_domains: int) -> dict[str, seqio.Feature]:
+    return {
+        "targets": seqio.Feature(vocabulary, add_eos=True),
+        "domain_ids": seqio.Feature(seqio.PassThroughVocabulary(num_domains), add_eos=False, required=False),
+    }
+
+
+def _register_mixtures(name, task_names, domains, weights, natural=None) -> list[str]:
+    """`<name>_natural` (when a rate function is given), `<name>_uniform` and
+    `<name>_<tag>` for each weights file (read against `domains`); returns their names."""
+    mixtures = {"natural": [(t, natural) for t in task_names]} if natural else {}
+    mixtures["uniform"] = [(t, 1.0) for t in task_names]
     for tag, path in (weights or {}).items():
         w = weights_lib.read_weights(path, domains)
         mixtures[tag] = [(t, float(x)) for t, x in zip(task_names, w)]
@@ -200,10 +211,7 @@ def register_tfds_corpus(
     and `<name>_uniform` plus `<name>_<tag>` Mixtures for the weights files. Domain
     values are matched to weights files through `weights.folder_name` ("PubMed Central"
     -> "PubMed_Central"), the names the Pile splitter uses, and named by `task_name`."""
-    output_features = {
-        "targets": seqio.Feature(vocabulary, add_eos=True),
-        "domain_ids": seqio.Feature(seqio.PassThroughVocabulary(len(domains)), add_eos=False, required=False),
-    }
+    output_features = _output_features(vocabulary, len(domains))
     source = seqio.TfdsDataSource(tfds_name=tfds_name, tfds_data_dir=tfds_data_dir)
     task_names = []
     for i, value in enumerate(domains):
@@ -221,15 +229,7 @@ def register_tfds_corpus(
             output_features=output_features,
         )
         task_names.append(task)
-    folders = [weights_lib.folder_name(v) for v in domains]
-    mixtures = {"uniform": [(t, 1.0) for t in task_names]}
-    for tag, path in (weights or {}).items():
-        w = weights_lib.read_weights(path, folders)
-        mixtures[tag] = [(t, float(x)) for t, x in zip(task_names, w)]
-    for tag, rates in mixtures.items():
-        seqio.MixtureRegistry.remove(f"{name}_{tag}")
-        seqio.MixtureRegistry.add(f"{name}_{tag}", rates)
-    return [f"{name}_{tag}" for tag in mixtures]
+    return _register_mixtures(name, task_names, [weights_lib.folder_name(v) for v in domains], weights)
 
 
 class DomainLMFeatureConverter(seqio.LMFeatureConverter):
