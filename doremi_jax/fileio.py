@@ -48,6 +48,16 @@ def makedirs(path: str | os.PathLike) -> None:
     epath.Path(path).mkdir(parents=True, exist_ok=True)
 
 
+def size_and_mtime(path: str | os.PathLike) -> tuple[int, int]:
+    """(bytes, modification time): nanoseconds on a local disk, whole seconds on a
+    bucket (epath's resolution), so a rewritten local file is never taken for the old."""
+    if is_remote(path):
+        st = epath.Path(path).stat()
+        return int(st.length), int(st.mtime) * 10**9
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
 def open_file(path: str | os.PathLike, mode: str = "r"):
     return epath.Path(path).open(mode)
 

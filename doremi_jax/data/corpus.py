@@ -145,8 +145,8 @@ def default_cache_dir() -> str:
 def _fingerprint(files: Sequence[str], vocab, text_field: str) -> str:
     h = hashlib.sha256(f"{vocab.fingerprint}|{text_field}".encode())
     for path in files:
-        st = epath.Path(path).stat()
-        h.update(f"|{fileio.absolute(path)}:{st.length}:{st.mtime}".encode())
+        size, mtime = fileio.size_and_mtime(path)
+        h.update(f"|{fileio.absolute(path)}:{size}:{mtime}".encode())
     return h.hexdigest()[:20]
 
 
