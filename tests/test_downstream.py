@@ -321,3 +321,25 @@ def test_trainer_runs_a_oneshot_task_with_the_real_model(repetitive_run, mock_tf
     )
     result = summary["downstream"]["trivia_qa"]
     assert result["examples"] == 3 and 0.0 <= result["accuracy"] <= 1.0
+
+
+def test_task_names_match_the_registered_tasks():
+    pytest.importorskip("seqio")
+    from doremi_jax.data import oneshot_tasks
+
+    assert tuple(oneshot_tasks.SPECS) == downstream.ONESHOT_TASKS
+
+
+def test_unknown_downstream_task_fails_before_the_run_starts(tmp_path, capsys):
+    from doremi_jax.train import __main__ as train_entry
+
+    workdir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        train_entry.cli.main(train_entry.run, [
+            f"--workdir={workdir}", "--gin_file=gin/runs/lm.gin", "--gin_file=gin/models/tiny.gin",
+            "--gin.DownstreamConfig.tasks=['cloze', 'trivia']",
+        ])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "unknown task(s) ['trivia']" in err and len(err.strip().splitlines()) == 1
+    assert not (workdir / "checkpoints").exists() and not (workdir / "run.json").exists()

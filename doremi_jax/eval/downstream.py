@@ -15,6 +15,15 @@ from doremi_jax.eval import cloze, decoding, scoring
 from doremi_jax.eval.scoring import Example
 
 CLOZE = "cloze"
+# The one-shot TFDS tasks of data/oneshot_tasks.py (named here so that a bad name fails
+# before anything imports tensorflow or writes a file).
+ONESHOT_TASKS = ("trivia_qa", "natural_questions_open", "web_questions", "squad_v2", "lambada")
+
+
+def check_tasks(tasks) -> None:
+    unknown = [t for t in tasks if t != CLOZE and t not in ONESHOT_TASKS]
+    if unknown:
+        raise ValueError(f"DownstreamConfig.tasks: unknown task(s) {unknown}; expected {[CLOZE, *ONESHOT_TASKS]}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -255,6 +255,7 @@ def train(
         raise TrainingError(f"train.run={run!r}: expected 'lm' or 'doremi'")
     if doremi.mode not in ("reweight", "resample"):
         raise TrainingError(f"DroConfig.mode={doremi.mode!r}: expected 'reweight' or 'resample'")
+    downstream_lib.check_tasks(downstream.tasks)
     primary = jax.process_index() == 0
     if not eval_only:
         check_writable(workdir)
