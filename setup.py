@@ -21,6 +21,7 @@ DATA = [
     "tensorflow-text>=2.18,<2.22",
     "tensorflow-datasets>=4.9,<4.10",
     "sentencepiece>=0.2,<0.3",
+    "array_record>=0.8,<0.9",  # pre-tokenized ArrayRecord shards (also a tfds dependency)
 ]
 SUMMARIES = [
     "clu>=0.0.12,<0.1",
