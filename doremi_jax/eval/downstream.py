@@ -68,11 +68,9 @@ def score(task: str, examples: Sequence[Example], generations: Sequence[str]) ->
     fn = scoring.METRICS[metric_of(task)]
     correct = np.asarray([fn(g, ex.answers) for ex, g in zip(examples, generations)], bool)
     result: dict[str, Any] = {"accuracy": float(correct.mean()), "examples": int(correct.size)}
-    groups = sorted({ex.group for ex in examples})
     if task == CLOZE:
-        result["per_domain"] = {
-            g: float(correct[[ex.group == g for ex in examples]].mean()) for g in groups
-        }
+        groups = np.asarray([ex.group for ex in examples])
+        result["per_domain"] = {g: float(correct[groups == g].mean()) for g in sorted(set(groups))}
     return result
 
 
@@ -82,6 +80,7 @@ class DownstreamEvaluator:
     def __init__(self, cfg: DownstreamConfig, model_cfg, mesh, rules, param_shardings, corpus, vocab):
         self.cfg, self.vocab = cfg, vocab
         self.examples = task_examples(cfg, corpus, vocab)
+        self.prompts = {task: [vocab.encode(ex.prompt) for ex in exs] for task, exs in self.examples.items()}
         newline = vocab.encode("\n")  # a stop token only where one id decodes to exactly "\n"
         stop_ids = [vocab.eos_id]
         if len(newline) == 1 and vocab.decode(newline) == "\n":
@@ -96,8 +95,7 @@ class DownstreamEvaluator:
     def __call__(self, params) -> dict[str, dict[str, Any]]:
         results = {}
         for task, exs in self.examples.items():
-            prompts = [self.vocab.encode(ex.prompt) for ex in exs]
-            generations = [self.vocab.decode(t) for t in self.generator(params, prompts)]
+            generations = [self.vocab.decode(t) for t in self.generator(params, self.prompts[task])]
             results[task] = score(task, exs, generations)
         return results
 
