@@ -100,6 +100,8 @@ def test_proxy_needs_its_reference(tmp_path, capsys):
     assert code == 2 and "REFERENCE_DIR" in err
     code, err = in_process([*proxy, f"--gin.REFERENCE_DIR='{tmp_path / 'nothing'}'", f"--workdir={tmp_path / 'p2'}"], capsys)
     assert code == 1 and "reference model: no checkpoint folder" in err
+    # The reference is checked before the proxy writes its run identity or checkpoints.
+    assert not (tmp_path / "p2" / "run.json").exists() and not (tmp_path / "p2" / "checkpoints").exists()
 
 
 def test_reference_of_another_shape_is_refused(finished_run, tmp_path, capsys):

@@ -182,6 +182,28 @@ def memory_estimate(model_cfg: TransformerConfig, mesh, rules, optimizer: str, b
     }
 
 
+def load_reference(reference_workdir, reference_cfg, domains, vocab_size, mesh, rules):
+    """The reference model's params (sharded by the rules) and their shardings, after
+    checking that it was trained on the same domains and vocabulary."""
+    if not reference_workdir:
+        raise TrainingError("a doremi run needs DroConfig.reference_workdir (the reference run's workdir)")
+    ref_identity = os.path.join(reference_workdir, "run.json")
+    if fileio.exists(ref_identity):
+        ref_run = json.loads(fileio.read_text(ref_identity))
+        if ref_run.get("domains") != list(domains) or ref_run.get("vocab_size") != vocab_size:
+            raise TrainingError(
+                f"reference run {reference_workdir!r} was trained on domains "
+                f"{ref_run.get('domains')} with vocabulary {ref_run.get('vocab_size')}; "
+                f"this run has {list(domains)} with {vocab_size}"
+            )
+    ref_abstract, ref_shardings = abstract_params(reference_cfg, mesh, rules)
+    try:
+        params = checkpoints.restore_params(os.path.join(reference_workdir, "checkpoints"), ref_abstract)
+    except checkpoints.CheckpointError as e:
+        raise TrainingError(f"reference model: {e}") from None
+    return params, ref_shardings
+
+
 def init_state(model_cfg, tx, weights, rng, mesh, rules, weight_tx):
     """The train state, initialised directly sharded (never materialised whole)."""
     model = Transformer(model_cfg)
@@ -298,6 +320,12 @@ def train(
     }
     if eval_only and not fileio.exists(os.path.join(workdir, "run.json")):
         raise TrainingError(f"no run to evaluate in {workdir!r} (no run.json)")
+    if run == "doremi" and not eval_only:
+        # Read (and check) the reference before this run writes anything.
+        reference_cfg = doremi.reference_model or model
+        reference_params, ref_shardings = load_reference(
+            doremi.reference_workdir, reference_cfg, domains, vocab_size, device_mesh, mesh.rules
+        )
     _check_workdir_identity(workdir, identity, overwrite and not eval_only)
 
     n_params = param_count(model)
@@ -362,25 +390,6 @@ def train(
     batch_shard = sharding.batch_sharding(device_mesh)
     replicated = sharding.replicated(device_mesh)
     if run == "doremi":
-        if not doremi.reference_workdir:
-            raise TrainingError("a doremi run needs DroConfig.reference_workdir (the reference run's workdir)")
-        reference_cfg = doremi.reference_model or model
-        ref_identity = os.path.join(doremi.reference_workdir, "run.json")
-        if fileio.exists(ref_identity):
-            ref_run = json.loads(fileio.read_text(ref_identity))
-            if ref_run.get("domains") != list(domains) or ref_run.get("vocab_size") != vocab_size:
-                raise TrainingError(
-                    f"reference run {doremi.reference_workdir!r} was trained on domains "
-                    f"{ref_run.get('domains')} with vocabulary {ref_run.get('vocab_size')}; "
-                    f"this run has {list(domains)} with {vocab_size}"
-                )
-        ref_abstract, ref_shardings = abstract_params(reference_cfg, device_mesh, mesh.rules)
-        try:
-            reference_params = checkpoints.restore_params(
-                os.path.join(doremi.reference_workdir, "checkpoints"), ref_abstract
-            )
-        except checkpoints.CheckpointError as e:
-            raise TrainingError(f"reference model: {e}") from None
         step_fn = jax.jit(
             lambda s, b, r: steps.doremi_step(
                 s, b, r,
