@@ -250,6 +250,39 @@ def _state_shardings(abstract: TrainState, param_shardings, mesh):
     return rest.replace(params=param_shardings, opt_state=opt_shardings)
 
 
+def compile_step(model, tx, weight_tx, num_domains, doremi, microbatches, mesh, state_shardings, reference=None):
+    """`run_step(state, batch) -> (state, metrics)`: the jitted step with explicit
+    shardings and the state donated; the DoReMi proxy step when `reference` is given as
+    (reference model, its params, their shardings), else the LM step."""
+    batch_shard = sharding.batch_sharding(mesh)
+    replicated = sharding.replicated(mesh)
+    if reference is not None:
+        reference_model, reference_params, ref_shardings = reference
+        step_fn = jax.jit(
+            lambda s, b, r: steps.doremi_step(
+                s, b, r,
+                model=model,
+                reference_model=reference_model,
+                tx=tx,
+                weight_tx=weight_tx,
+                num_domains=num_domains,
+                mode=doremi.mode,
+                microbatches=microbatches,
+                accumulation=doremi.accumulation,
+            ),
+            in_shardings=(state_shardings, batch_shard, ref_shardings),
+            out_shardings=(state_shardings, replicated),
+            donate_argnums=(0,),
+        )
+        return lambda s, b: step_fn(s, b, reference_params)
+    return jax.jit(
+        lambda s, b: steps.lm_step(s, b, model=model, tx=tx, num_domains=num_domains, microbatches=microbatches),
+        in_shardings=(state_shardings, batch_shard),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=(0,),
+    )
+
+
 def train(
     workdir: str,
     *,
@@ -387,36 +420,10 @@ def train(
         return summary
 
     # --- The compiled step.
-    batch_shard = sharding.batch_sharding(device_mesh)
-    replicated = sharding.replicated(device_mesh)
-    if run == "doremi":
-        step_fn = jax.jit(
-            lambda s, b, r: steps.doremi_step(
-                s, b, r,
-                model=transformer,
-                reference_model=Transformer(reference_cfg),
-                tx=tx,
-                weight_tx=weight_tx,
-                num_domains=k,
-                mode=doremi.mode,
-                microbatches=config.microbatches,
-                accumulation=doremi.accumulation,
-            ),
-            in_shardings=(state_shardings, batch_shard, ref_shardings),
-            out_shardings=(state_shardings, replicated),
-            donate_argnums=(0,),
-        )
-        run_step = lambda s, b: step_fn(s, b, reference_params)  # noqa: E731
-    else:
-        step_fn = jax.jit(
-            lambda s, b: steps.lm_step(
-                s, b, model=transformer, tx=tx, num_domains=k, microbatches=config.microbatches
-            ),
-            in_shardings=(state_shardings, batch_shard),
-            out_shardings=(state_shardings, replicated),
-            donate_argnums=(0,),
-        )
-        run_step = step_fn
+    reference = (Transformer(reference_cfg), reference_params, ref_shardings) if run == "doremi" else None
+    run_step = compile_step(
+        transformer, tx, weight_tx, k, doremi, config.microbatches, device_mesh, state_shardings, reference
+    )
 
     sampler = sampler_lib.MixtureSampler(
         corpus.streams["train"], config.sequence_length, config.seed, data.packing
