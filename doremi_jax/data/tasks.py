@@ -89,26 +89,25 @@ def _dense_targets(dataset: tf.data.Dataset) -> tf.data.Dataset:
 
 
 def _domain_source(data_dir_fn, data_dir: str | None, domain: str, text_field: str):
-    """(source, preprocessors before EOS) for one domain folder, by what it holds."""
-    if data_dir is not None:
-        folder = os.path.join(data_dir, domain)
-        if corpus_lib.split_files(data_dir, domain, "train"):
-            pass  # text: below
-        elif list(epath.Path(folder).glob("train*.tfrecord")):
-            source = seqio.TFExampleDataSource(
-                {s: os.path.join(folder, f"{s}*.tfrecord") for s in corpus_lib.SPLITS},
-                feature_description={"targets": tf.io.VarLenFeature(tf.int64)},
-            )
-            return source, [_dense_targets]
-        else:
-            source = seqio.FunctionDataSource(
-                functools.partial(_read_token_split, data_dir_fn, domain), splits=corpus_lib.SPLITS
-            )
-            return source, []
+    """(source, preprocessors before EOS) for one domain folder, by what it holds: text
+    (tokenized by the task), TFRecord shards, or other pre-tokenized data."""
+    pretokenized = data_dir is not None and not corpus_lib.split_files(data_dir, domain, "train")
+    if not pretokenized:  # the demo corpus (data_dir None) is text
+        source = seqio.FunctionDataSource(
+            functools.partial(_read_split, data_dir_fn, domain, text_field), splits=corpus_lib.SPLITS
+        )
+        return source, [_rekey_text, seqio.preprocessors.tokenize]
+    folder = os.path.join(data_dir, domain)
+    if list(epath.Path(folder).glob("train*.tfrecord")):
+        source = seqio.TFExampleDataSource(
+            {s: os.path.join(folder, f"{s}*.tfrecord") for s in corpus_lib.SPLITS},
+            feature_description={"targets": tf.io.VarLenFeature(tf.int64)},
+        )
+        return source, [_dense_targets]
     source = seqio.FunctionDataSource(
-        functools.partial(_read_split, data_dir_fn, domain, text_field), splits=corpus_lib.SPLITS
+        functools.partial(_read_token_split, data_dir_fn, domain), splits=corpus_lib.SPLITS
     )
-    return source, [_rekey_text, seqio.preprocessors.tokenize]
+    return source, []
 
 
 @functools.lru_cache(maxsize=None)
