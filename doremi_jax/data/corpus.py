@@ -17,7 +17,7 @@ import io
 import json
 import logging
 import os
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from etils import epath
@@ -43,6 +43,12 @@ class TokenStream:
     @property
     def num_tokens(self) -> int:
         return int(self.tokens.shape[0])
+
+    def documents(self) -> Iterator[np.ndarray]:
+        """Each document's token ids, its closing EOS included."""
+        ends = list(self.doc_starts[1:]) + [self.num_tokens]
+        for start, end in zip(self.doc_starts, ends):
+            yield self.tokens[start:end]
 
     def doc_index(self) -> np.ndarray:
         """Document number of every token, int32[n]."""
@@ -120,20 +126,27 @@ def iter_documents(
         logging.warning("%s: %d documents had undecodable bytes (replaced)", path, skipped)
 
 
+def join_documents(documents: Iterable[np.ndarray], eos_id: int, num_bytes: int | None = None) -> TokenStream:
+    """One stream from documents' token ids (without EOS): each followed by EOS. Without
+    `num_bytes` (pre-tokenized data, no text to count) a token stands for one byte."""
+    pieces, starts, pos = [], [], 0
+    eos = np.asarray([eos_id], np.int32)
+    for ids in documents:
+        starts.append(pos)
+        pieces += [np.asarray(ids, np.int32), eos]
+        pos += len(ids) + 1
+    tokens = np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
+    return TokenStream(tokens, np.asarray(starts, np.int64), int(tokens.size) if num_bytes is None else num_bytes)
+
+
 def tokenize_files(files: Sequence[str], vocab, text_field: str, on_decode_error: str) -> TokenStream:
-    pieces, starts, num_bytes, pos = [], [], 0, 0
-    eos = np.asarray([vocab.eos_id], np.int32)
+    documents, num_bytes = [], 0
     for path in files:
         for text in iter_documents(path, text_field, on_decode_error):
-            if not text:
-                continue
-            ids = vocab.encode(text)
-            starts.append(pos)
-            pieces += [ids, eos]
-            pos += ids.shape[0] + 1
-            num_bytes += len(text.encode("utf-8"))
-    tokens = np.concatenate(pieces).astype(np.int32) if pieces else np.zeros(0, np.int32)
-    return TokenStream(tokens, np.asarray(starts, np.int64), num_bytes)
+            if text:
+                documents.append(vocab.encode(text))
+                num_bytes += len(text.encode("utf-8"))
+    return join_documents(documents, vocab.eos_id, num_bytes)
 
 
 def default_cache_dir() -> str:

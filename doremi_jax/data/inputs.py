@@ -35,8 +35,13 @@ def resolve_data_dir(cfg: DataConfig) -> str:
     return demo.build_demo_corpus() if cfg.data_dir == "demo" else cfg.data_dir
 
 
-def build_corpus(cfg: DataConfig) -> corpus_lib.Corpus:
-    vocab = vocab_lib.make_vocabulary(cfg.vocabulary, cfg.spm_model)
+def vocabulary(cfg: DataConfig):
+    return vocab_lib.make_vocabulary(cfg.vocabulary, cfg.spm_model)
+
+
+def build_corpus(cfg: DataConfig, vocab=None) -> corpus_lib.Corpus:
+    """The corpus tokenized by `vocab` (default: the one `cfg` names)."""
+    vocab = vocab or vocabulary(cfg)
     return corpus_lib.load_corpus(
         resolve_data_dir(cfg),
         vocab,
@@ -46,10 +51,6 @@ def build_corpus(cfg: DataConfig) -> corpus_lib.Corpus:
         cache_dir=cfg.cache_dir,
         record_feature=cfg.record_feature,
     )
-
-
-def vocabulary_size(cfg: DataConfig) -> int:
-    return vocab_lib.make_vocabulary(cfg.vocabulary, cfg.spm_model).vocab_size
 
 
 def named_weights(spec: str, corpus: corpus_lib.Corpus) -> np.ndarray:

@@ -60,10 +60,9 @@ def read_documents(path: str, feature: str = "targets") -> Iterator[np.ndarray]:
 
 def load_shards(files: Sequence[str], vocab, domain: str, feature: str = "targets"):
     """One TokenStream from the shards of a domain's split, ids checked against `vocab`."""
-    from doremi_jax.data.corpus import CorpusError, TokenStream
+    from doremi_jax.data.corpus import CorpusError, join_documents
 
-    pieces, starts, pos = [], [], 0
-    eos = np.asarray([vocab.eos_id], np.int32)
+    documents = []
     for path in files:
         try:
             for ids in read_documents(path, feature):
@@ -73,16 +72,10 @@ def load_shards(files: Sequence[str], vocab, domain: str, feature: str = "target
                     raise CorpusError(
                         f"domain {domain!r}: {path} has ids outside the vocabulary [0, {vocab.vocab_size})"
                     )
-                if ids[-1] == vocab.eos_id:  # already terminated
-                    ids = ids[:-1]
-                starts.append(pos)
-                pieces += [ids.astype(np.int32), eos]
-                pos += ids.size + 1
+                documents.append(ids[:-1] if ids[-1] == vocab.eos_id else ids)  # EOS once
         except RecordError as e:
             raise CorpusError(f"domain {domain!r}: {e}") from None
-    tokens = np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
-    # No text to count: a token stands for one byte in bits-per-byte, as for .tokens.npy.
-    return TokenStream(tokens, np.asarray(starts, np.int64), int(tokens.size))
+    return join_documents(documents, vocab.eos_id)
 
 
 def write_records(path: str, documents: Iterable[Sequence[int]], feature: str = "targets") -> int:

@@ -70,11 +70,10 @@ def _rekey_text(dataset: tf.data.Dataset) -> tf.data.Dataset:
 def _read_token_split(data_dir_fn, domain: str, split: str, shuffle_files: bool, seed=None):
     """Pre-tokenized documents (.tokens.npy, ArrayRecord) as {"targets": int32[None]}."""
     stream = corpus_lib.load_stream(data_dir_fn(), domain, split, ByteVocabulary())
-    ends = list(stream.doc_starts[1:]) + [stream.num_tokens]
 
     def documents():
-        for start, end in zip(stream.doc_starts, ends):
-            yield {"targets": stream.tokens[start:end - 1]}  # without the EOS the task appends
+        for document in stream.documents():
+            yield {"targets": document[:-1]}  # without the EOS the task appends
 
     return tf.data.Dataset.from_generator(
         documents, output_signature={"targets": tf.TensorSpec([None], tf.int32)}

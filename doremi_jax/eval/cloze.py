@@ -33,10 +33,9 @@ def cloze_examples(
     word = re.compile(rf"(?<![A-Za-z0-9_])[A-Za-z]{{{min_word_chars},}}(?![A-Za-z0-9_])")
     examples = []
     for domain, stream in zip(domains, streams):
-        bounds = list(stream.doc_starts) + [stream.num_tokens]
         candidates: list[tuple[str, int]] = []
-        for start, end in zip(bounds[:-1], bounds[1:]):
-            text = vocab.decode(stream.tokens[start:end])
+        for document in stream.documents():
+            text = vocab.decode(document)
             if not _clean_text(text):
                 continue
             candidates.extend((text, m.start()) for m in word.finditer(text) if m.start() >= min_context_chars)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from doremi_jax import checkpoints, dro, fileio, metrics as metrics_lib, sharding
-from doremi_jax.data import inputs, sampler as sampler_lib, stats, vocab as vocab_lib, weights as weights_lib
+from doremi_jax.data import inputs, sampler as sampler_lib, stats, weights as weights_lib
 from doremi_jax.eval import downstream as downstream_lib, perplexity
 from doremi_jax.models import Transformer, TransformerConfig, param_count
 from doremi_jax.train import steps
@@ -316,9 +316,10 @@ def train(
         check_writable(workdir)
 
     # --- Set-up: corpus, mesh, checks that fail before anything is compiled.
-    corpus = inputs.build_corpus(data)
+    vocab = inputs.vocabulary(data)  # loaded once: a SentencePiece model is a file read
+    corpus = inputs.build_corpus(data, vocab)
     domains, k = corpus.domains, len(corpus.domains)
-    vocab_size = inputs.vocabulary_size(data)
+    vocab_size = vocab.vocab_size
     if vocab_size > model.vocab_size:
         raise TrainingError(
             f"vocabulary has {vocab_size} ids but TransformerConfig.vocab_size={model.vocab_size}"
@@ -406,8 +407,7 @@ def train(
     downstream_eval = None
     if downstream.tasks:
         downstream_eval = downstream_lib.DownstreamEvaluator(
-            downstream, model, device_mesh, mesh.rules, param_shardings, corpus,
-            vocab_lib.make_vocabulary(data.vocabulary, data.spm_model),
+            downstream, model, device_mesh, mesh.rules, param_shardings, corpus, vocab,
         )
     if eval_only:
         ckpt.close()
