@@ -39,10 +39,7 @@ DATASHEET_PEAK = {
     "NVIDIA A100": 312e12,
 }
 
-BENCH_MODEL = TransformerConfig(
-    vocab_size=384, embed_dim=512, num_layers=4, num_heads=8, head_dim=64, mlp_dim=2048, max_length=512,
-    attention_block_size=128,
-)
+BENCH_GIN = "gin/bench.gin"  # the default bench model and sizes; parsed before the user's files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +109,7 @@ def _synthetic_batch(mesh, batch: int, length: int, vocab: int, k: int, seed: in
 
 
 def benchmark(
-    model: TransformerConfig = BENCH_MODEL,
+    model: TransformerConfig,
     mesh: sharding.MeshConfig = sharding.MeshConfig(),
     bench: BenchConfig = BenchConfig(),
     num_domains: int = 4,
@@ -136,6 +133,9 @@ def benchmark(
         "batch_size": bench.batch_size,
         "sequence_length": bench.sequence_length,
         "dtype": model.dtype,
+        "attention": model.attention_implementation
+        + (f", blocks of {model.attention_block_size}" if model.attention_block_size else ""),
+        "remat_policy": model.remat_policy,
     }
     flops = model_flops_per_step(model, bench.batch_size, bench.sequence_length)
     peak_before = measured_peak(jnp.dtype(model.dtype), bench.matmul_size)
@@ -217,7 +217,8 @@ def input_pipeline(bench: BenchConfig, step_s: float, mesh) -> dict[str, float]:
 def format_table(r: dict[str, Any]) -> str:
     lines = [
         f"device: {r['device']} x{r['devices']} ({r['platform']}), model {r['params'] / 1e6:.1f}M params, "
-        f"batch {r['batch_size']} x {r['sequence_length']}, {r['dtype']}",
+        f"batch {r['batch_size']} x {r['sequence_length']}, {r['dtype']}, attention {r['attention']}, "
+        f"remat {r['remat_policy']}",
         f"{'step':<12}{'median s':>10}{'GFLOP/s':>10}{'MFU(meas)':>11}{'tokens/s':>11}{'compile s':>11}",
     ]
     for name in ("lm_step", "doremi_step"):
@@ -261,7 +262,7 @@ def main(argv=None) -> None:
         config.register()
         fn = config.add_configurable("benchmark", benchmark)
         config.add_configurable("BenchConfig", BenchConfig)
-        config.parse(files, bindings)
+        config.parse([BENCH_GIN, *files], bindings)
         result = fn()
         print(format_table(result), flush=True)
         if json_path:

@@ -36,6 +36,8 @@ REMAT_POLICIES = {
     "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+
 
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
@@ -63,8 +65,20 @@ class TransformerConfig:
     # Embedding lookup as a one-hot matmul: a dense gradient instead of a scatter-add
     # (faster on CPU and TPU for small vocabularies).
     one_hot_embed: bool = False
+    # The one-call attention's kernel: "xla" (any platform) or "cudnn" (cuDNN flash
+    # attention on NVIDIA GPUs; bfloat16/float16 only; the document mask travels as a bias).
+    attention_implementation: str = "xla"
 
     def __post_init__(self):
+        if self.attention_implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"TransformerConfig.attention_implementation={self.attention_implementation!r}: "
+                f"expected one of {list(ATTENTION_IMPLEMENTATIONS)}"
+            )
+        if self.attention_implementation == "cudnn" and self.dtype not in ("bfloat16", "float16"):
+            raise ValueError(
+                f"TransformerConfig.attention_implementation='cudnn' needs dtype bfloat16 or float16, got {self.dtype!r}"
+            )
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(
                 f"TransformerConfig.remat_policy={self.remat_policy!r}: expected one of "
@@ -120,16 +134,24 @@ def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     return out.astype(x.dtype)
 
 
-def causal_attention(q, k, v, segment_ids, block_size: int = 0):
+def causal_attention(q, k, v, segment_ids, block_size: int = 0, implementation: str = "xla"):
     """Attention within documents, causal. q, k, v: [batch, length, heads, head_dim].
 
-    Through `jax.nn.dot_product_attention`, so that platforms with a fused kernel use it.
+    Through `jax.nn.dot_product_attention`, so that platforms with a fused kernel use it
+    (`implementation="cudnn"`: cuDNN flash attention, GPU only).
     Padding (segment 0) attends only to padding, so no softmax row is empty.
     """
     length = q.shape[1]
     if not block_size or block_size >= length:
+        if implementation == "cudnn" and jax.default_backend() != "gpu":
+            raise ValueError(
+                f"TransformerConfig.attention_implementation='cudnn' needs a GPU; this run's backend is {jax.default_backend()}"
+            )
         same_doc = segment_ids[:, :, None] == segment_ids[:, None, :]
-        return jax.nn.dot_product_attention(q, k, v, mask=same_doc[:, None], is_causal=True)
+        return jax.nn.dot_product_attention(
+            q, k, v, mask=same_doc[:, None], is_causal=True,
+            implementation="cudnn" if implementation == "cudnn" else None,
+        )
     if length % block_size:
         raise ValueError(f"sequence length {length} is not a multiple of attention_block_size={block_size}")
     index = jnp.arange(length)
@@ -198,7 +220,7 @@ class Attention(nn.Module):
         if self.decode:
             out = self._decode(q, k, v, segment_ids)
         else:
-            out = causal_attention(q, k, v, segment_ids, cfg.attention_block_size)
+            out = causal_attention(q, k, v, segment_ids, cfg.attention_block_size, cfg.attention_implementation)
         out = nn.with_logical_constraint(out, act_names)
         w_out = self._kernel(
             "out", (cfg.num_heads, cfg.head_dim, cfg.embed_dim), ("heads", "kv", "embed"),
