@@ -4,13 +4,15 @@
 # compile or an out-of-memory does not take the others with it) and writes its JSON to
 # $OUT (default: ./out/gpu_1b) as soon as it ends.
 #
-#   bash benchmarks/gpu_1b.sh            # needs jax with CUDA, flax, optax, orbax, gin
+#   bash benchmarks/gpu_1b.sh [main|tune]   # needs jax with CUDA, flax, optax, orbax, gin
 #
-# Variant names: <attention>_<remat>_b<batch>.
+# Variant names: <attention>_<remat>_b<batch>[_<xla flags>]. `main` (the default):
+# attention and remat; `tune`: batch size and XLA's GPU flags on the best of those.
 set -u
 OUT=${OUT:-out/gpu_1b}
 PER_RUN=${PER_RUN:-160}   # seconds one variant may take (two compiles of the 1B model)
-mkdir -p "$OUT"
+LOGS=${LOGS:-$OUT/logs}  # full logs; each variant's tail is printed
+mkdir -p "$OUT" "$LOGS"
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}
 
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv 2>&1 | tee "$OUT/nvidia_smi.txt"
@@ -18,13 +20,24 @@ python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.
 
 run() {
   local name=$1; shift
-  echo "=== $name"
+  echo "=== $name ${XLA_FLAGS:-}"
   timeout "$PER_RUN" python3 -m doremi_jax.bench --gin_file=gin/bench_gpu_1b.gin "$@" \
-    --json "$OUT/$name.json" > "$OUT/$name.log" 2>&1
+    --json "$OUT/$name.json" > "$LOGS/$name.log" 2>&1
   echo "exit $?"
-  tail -n 12 "$OUT/$name.log"
+  tail -n 12 "$LOGS/$name.log"
 }
 
-run cudnn_dots_b16
-run cudnn_none_b16 --gin.TransformerConfig.remat_policy="'none'"
-run xla_dots_b16 --gin.TransformerConfig.attention_implementation="'xla'"
+case "${1:-main}" in
+  main)
+    run cudnn_dots_b16
+    run cudnn_none_b16 --gin.TransformerConfig.remat_policy="'none'"
+    run xla_dots_b16 --gin.TransformerConfig.attention_implementation="'xla'"
+    ;;
+  tune)
+    run cudnn_dots_b32 --gin.BenchConfig.batch_size=32
+    XLA_FLAGS=--xla_gpu_enable_triton_gemm=false run cudnn_dots_b16_notriton
+    XLA_FLAGS=--xla_gpu_enable_triton_gemm=false run cudnn_dots_b32_notriton --gin.BenchConfig.batch_size=32
+    XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true run cudnn_dots_b16_lhs
+    ;;
+  *) echo "unknown variant set ${1}: expected main or tune" >&2; exit 2 ;;
+esac
