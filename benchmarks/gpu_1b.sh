@@ -4,10 +4,11 @@
 # compile or an out-of-memory does not take the others with it) and writes its JSON to
 # $OUT (default: ./out/gpu_1b) as soon as it ends.
 #
-#   bash benchmarks/gpu_1b.sh [main|tune]   # needs jax with CUDA, flax, optax, orbax, gin
+#   bash benchmarks/gpu_1b.sh [main|tune|large]   # needs jax with CUDA, flax, optax, orbax, gin
 #
 # Variant names: <attention>_<remat>_b<batch>[_<xla flags>]. `main` (the default):
-# attention and remat; `tune`: batch size and XLA's GPU flags on the best of those.
+# attention and remat at batch 16; `tune`: batch 32 and XLA's GPU flags; `large`: batch 48
+# and cuBLASLt. Results of 2026-11-28 on one H200: benchmarks/results/h200_2026-11-28/.
 set -u
 OUT=${OUT:-out/gpu_1b}
 PER_RUN=${PER_RUN:-160}   # seconds one variant may take (two compiles of the 1B model)
@@ -29,15 +30,19 @@ run() {
 
 case "${1:-main}" in
   main)
-    run cudnn_dots_b16
-    run cudnn_none_b16 --gin.TransformerConfig.remat_policy="'none'"
-    run xla_dots_b16 --gin.TransformerConfig.attention_implementation="'xla'"
+    run cudnn_dots_b16 --gin.BenchConfig.batch_size=16
+    run cudnn_none_b16 --gin.BenchConfig.batch_size=16 --gin.TransformerConfig.remat_policy="'none'"
+    run xla_dots_b16 --gin.BenchConfig.batch_size=16 --gin.TransformerConfig.attention_implementation="'xla'"
     ;;
   tune)
-    run cudnn_dots_b32 --gin.BenchConfig.batch_size=32
-    XLA_FLAGS=--xla_gpu_enable_triton_gemm=false run cudnn_dots_b16_notriton
-    XLA_FLAGS=--xla_gpu_enable_triton_gemm=false run cudnn_dots_b32_notriton --gin.BenchConfig.batch_size=32
-    XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true run cudnn_dots_b16_lhs
+    run cudnn_dots_b32
+    XLA_FLAGS=--xla_gpu_enable_triton_gemm=false run cudnn_dots_b16_notriton --gin.BenchConfig.batch_size=16
+    XLA_FLAGS=--xla_gpu_enable_triton_gemm=false run cudnn_dots_b32_notriton
+    XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true run cudnn_dots_b16_lhs --gin.BenchConfig.batch_size=16
     ;;
-  *) echo "unknown variant set ${1}: expected main or tune" >&2; exit 2 ;;
+  large)
+    run cudnn_dots_b48 --gin.BenchConfig.batch_size=48
+    XLA_FLAGS=--xla_gpu_enable_cublaslt=true run cudnn_dots_b32_cublaslt
+    ;;
+  *) echo "unknown variant set ${1}: expected main, tune or large" >&2; exit 2 ;;
 esac
