@@ -172,24 +172,28 @@ def causal_attention(q, k, v, segment_ids, block_size: int = 0, implementation: 
     if length % block_size:
         raise ValueError(f"sequence length {length} is not a multiple of attention_block_size={block_size}")
     index = jnp.arange(length)
+    # Heads next to batch once, so that every block's matmuls are batched over leading
+    # dims (XLA:CPU would otherwise transpose each block's keys and values again).
+    q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))  # [batch, heads, length, head_dim]
     outs = []
     for start in range(0, length, block_size):
         end = start + block_size  # queries [start, end) see keys [0, end)
         mask = (segment_ids[:, start:end, None] == segment_ids[:, None, :end]) & (
             index[start:end, None] >= index[None, :end]
         )
-        outs.append(_softmax_attention(q[:, start:end], k[:, :end], v[:, :end], mask[:, None]))
-    return jnp.concatenate(outs, axis=1)
+        outs.append(_softmax_attention(q[:, :, start:end], k[:, :, :end], v[:, :, :end], mask[:, None]))
+    return jnp.swapaxes(jnp.concatenate(outs, axis=2), 1, 2)
 
 
 def _softmax_attention(q, k, v, mask):
-    """Plain einsum-softmax attention, scores in float32. The blocked path is for CPU,
-    where no fused kernel exists; written out, XLA:CPU runs its backward faster than
-    that of `jax.nn.dot_product_attention` (0.19 vs 0.24 s per bench layer, BENCHMARKS.md)."""
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * q.shape[-1] ** -0.5
+    """Plain einsum-softmax attention on [batch, heads, length, head_dim], scores in
+    float32. The blocked path is for CPU, where no fused kernel exists; written out,
+    XLA:CPU runs its backward faster than that of `jax.nn.dot_product_attention`
+    (0.19 vs 0.24 s per bench layer, BENCHMARKS.md)."""
+    scores = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) * q.shape[-1] ** -0.5
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+    return jnp.einsum("bhqk,bhkd->bhqd", probs, v)
 
 
 def cached_attention(q, k, v, segment_ids, cache, index):
