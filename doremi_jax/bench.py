@@ -79,9 +79,10 @@ def _median_time(fn, repeats: int) -> float:
 def measured_peak(dtype: Any, size: int, repeats: int = 10, products: int = 4) -> float:
     """FLOP/s of a large square matmul in `dtype` on the default device.
 
-    Each timed call queues `products` matmuls and waits once: a wait per product adds the
-    host round trip to a ~1 ms GPU kernel (an 8192² bfloat16 product read 636–686 TFLOP/s
-    that way on an H200, where PyTorch's timed with CUDA events gave 769–798)."""
+    Each timed call queues `products` matmuls and waits once, so that the host round trip
+    of a wait weighs less against a ~1 ms GPU kernel (with a wait per product, an 8192²
+    bfloat16 product read 636–686 TFLOP/s on an H200, where PyTorch's, timed with CUDA
+    events, ran at 769–798)."""
     a = jax.random.normal(jax.random.PRNGKey(0), (size, size), dtype)
     b = jax.random.normal(jax.random.PRNGKey(1), (size, size), dtype)
     f = jax.jit(lambda x, y: x @ y)

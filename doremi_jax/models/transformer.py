@@ -136,19 +136,26 @@ def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     return out.astype(x.dtype)
 
 
-def project(x: jax.Array, kernel: jax.Array, contract: int) -> jax.Array:
-    """x[batch, length, *in] @ kernel[*in, *out] (the last `contract` dims of x against the
-    first of kernel) as one 2-D matmul over [batch*length, prod(in)].
+def on_rows(fn, x: jax.Array, features: int = 1) -> jax.Array:
+    """fn applied to x[batch, length, *features] flattened to [batch*length, prod(features)];
+    the result gets the leading dims back.
 
-    Written flat because XLA:CPU computes the weight gradient of a 3-D activation (a
-    contraction over batch and length) by first transposing the activation gradient;
-    flat, it does not: the bench MLP's forward + backward 490 -> 283 ms (BENCHMARKS.md).
-    On TPU and GPU the reshapes are free (row-major bitcasts).
+    Every projection goes through this because XLA:CPU computes the weight gradient of a
+    3-D activation (a contraction over batch and length) by first writing the activation
+    gradient transposed; a 2-D one it does not: the bench MLP's forward + backward
+    490 -> 283 ms (BENCHMARKS.md). On TPU and GPU the reshapes are free (row-major bitcasts).
     """
-    rows, ins = x.shape[: x.ndim - contract], x.shape[x.ndim - contract :]
-    outs = kernel.shape[contract:]
-    flat = x.reshape(-1, math.prod(ins)) @ kernel.reshape(math.prod(ins), -1)
-    return flat.reshape(*rows, *outs)
+    rows = x.shape[: x.ndim - features]
+    y = fn(x.reshape(math.prod(rows), -1))
+    return y.reshape(*rows, *y.shape[1:])
+
+
+def project(x: jax.Array, kernel: jax.Array, contract: int) -> jax.Array:
+    """x[batch, length, *in] @ kernel[*in, *out], the last `contract` dims of x against the
+    first of kernel, as one 2-D matmul (`on_rows`)."""
+    ins, outs = kernel.shape[:contract], kernel.shape[contract:]
+    flat = on_rows(lambda rows: rows @ kernel.reshape(math.prod(ins), -1), x, contract)
+    return flat.reshape(*flat.shape[:-1], *outs)
 
 
 def causal_attention(q, k, v, segment_ids, block_size: int = 0, implementation: str = "xla"):
@@ -277,14 +284,11 @@ class GatedMLP(nn.Module):
             nn.Dense, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, use_bias=False
         )
         in_init = nn.with_logical_partitioning(_dense_init(cfg.embed_dim), ("embed", "mlp"))
-        rows = x.shape[:-1]
-        x = x.reshape(-1, x.shape[-1])  # 2-D matmuls: see `project`
-        gate = dense(cfg.mlp_dim, kernel_init=in_init, name="gate")(x)
-        up = dense(cfg.mlp_dim, kernel_init=in_init, name="up")(x)
-        h = nn.with_logical_constraint((nn.silu(gate) * up).reshape(*rows, -1), (BATCH, LENGTH, ACT_MLP))
+        gate = on_rows(dense(cfg.mlp_dim, kernel_init=in_init, name="gate"), x)
+        up = on_rows(dense(cfg.mlp_dim, kernel_init=in_init, name="up"), x)
+        h = nn.with_logical_constraint(nn.silu(gate) * up, (BATCH, LENGTH, ACT_MLP))
         out_init = nn.with_logical_partitioning(_dense_init(cfg.mlp_dim), ("mlp", "embed"))
-        down = dense(cfg.embed_dim, kernel_init=out_init, name="down")
-        return down(h.reshape(-1, h.shape[-1])).reshape(*rows, -1)
+        return on_rows(dense(cfg.embed_dim, kernel_init=out_init, name="down"), h)
 
 
 class Block(nn.Module):
@@ -360,12 +364,10 @@ class Transformer(nn.Module):
                 x = block(cfg, self.decode, name=f"layer_{i}")(x, positions, segment_ids)
 
         x = RMSNorm(cfg, name="final_norm")(x)
-        rows = x.shape[:-1]
-        x = x.reshape(-1, x.shape[-1])  # 2-D matmul: see `project`
         if cfg.tied_embeddings:
-            logits = embed.attend(x)
+            logits = on_rows(embed.attend, x)
         else:
-            logits = nn.Dense(
+            logits = on_rows(nn.Dense(
                 cfg.vocab_size,
                 dtype=cfg.compute_dtype,
                 param_dtype=cfg.weight_dtype,
@@ -374,6 +376,6 @@ class Transformer(nn.Module):
                     _dense_init(cfg.embed_dim), ("embed", "vocab")
                 ),
                 name="unembed",
-            )(x)
-        logits = nn.with_logical_constraint(logits.reshape(*rows, -1), (BATCH, LENGTH, ACT_VOCAB))
+            ), x)
+        logits = nn.with_logical_constraint(logits, (BATCH, LENGTH, ACT_VOCAB))
         return logits.astype(jnp.float32)
