@@ -182,8 +182,12 @@ def benchmark(
     # shared machine a single short measurement can land in someone else's burst.
     peak = max([peak_before] + [measured_peak(jnp.dtype(model.dtype), bench.matmul_size) for _ in range(2)])
     results["measured_peak_flops_per_s"] = peak
+    # The peak was measured on one device. CPU "devices" (--xla_force_host_platform_device_count)
+    # share one host's cores, and one device's matmul already uses all of them.
+    units = jax.process_count() if results["platform"] == "cpu" else jax.device_count()
+    results["measured_peak_units"] = units
     for name in ("lm_step", "doremi_step"):
-        results[f"{name}_mfu_measured_peak"] = results[f"{name}_flops_per_s"] / (peak * jax.device_count())
+        results[f"{name}_mfu_measured_peak"] = results[f"{name}_flops_per_s"] / (peak * units)
     datasheet = next((v for k, v in DATASHEET_PEAK.items() if results["device"].startswith(k)), None)
     if datasheet and results["platform"] in ("tpu", "gpu"):
         results["datasheet_peak_flops_per_s"] = datasheet
@@ -233,7 +237,11 @@ def format_table(r: dict[str, Any]) -> str:
             f"{r[f'{name}_compile_s']:>11.2f}"
         )
     lines.append(f"doremi / lm step time: {r['doremi_over_lm_time']:.3f}")
-    lines.append(f"measured matmul peak: {r['measured_peak_flops_per_s'] / 1e9:.1f} GFLOP/s per device")
+    per = "host" if r["platform"] == "cpu" else "device"
+    lines.append(
+        f"measured matmul peak: {r['measured_peak_flops_per_s'] / 1e9:.1f} GFLOP/s per {per} "
+        f"(MFU against {r['measured_peak_units']} of them)"
+    )
     if "lm_step_mfu_datasheet" in r:
         lines.append(
             f"MFU vs datasheet ({r['datasheet_peak_flops_per_s'] / 1e12:.0f} TFLOP/s): "

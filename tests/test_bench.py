@@ -54,6 +54,9 @@ def test_bench_command_applies_gin_and_writes_json(tmp_path, capsys):
     assert r["lm_step_s"] > 0 and r["doremi_step_s"] > 0
     assert r["doremi_over_lm_time"] == pytest.approx(r["doremi_step_s"] / r["lm_step_s"])
     assert r["lm_step_flops_per_s"] == pytest.approx(r["lm_step_model_flops"] / r["lm_step_s"])
+    # The 8 CPU test devices share this host's cores, which the peak matmul already used.
+    assert r["devices"] == jax.device_count() == 8 and r["measured_peak_units"] == 1
+    assert r["lm_step_mfu_measured_peak"] == pytest.approx(r["lm_step_flops_per_s"] / r["measured_peak_flops_per_s"])
     assert "input_tokens_per_s" not in r  # BenchConfig.data=False was applied
     table = capsys.readouterr().out
     assert "lm_step" in table and "doremi / lm step time" in table
