@@ -122,3 +122,25 @@ def test_blocked_attention_equals_one_call():
         np.testing.assert_allclose(g1, g2, atol=1e-5)
     with pytest.raises(ValueError, match="not a multiple of attention_block_size=24"):
         causal_attention(q, k, v, seg, 24)
+
+
+def test_rotary_tables_are_exact_and_relative():
+    from doremi_jax.models.transformer import rotary, rotary_tables
+
+    head_dim, theta, rows = 16, 10_000.0, 64
+    positions = jnp.asarray(np.random.default_rng(0).integers(0, rows, (2, 12)), jnp.int32)
+    sin, cos = rotary_tables(positions, head_dim, theta, rows)
+    angle = np.asarray(positions, np.float64)[..., None] * theta ** (-np.arange(8) / 8)
+    np.testing.assert_allclose(np.asarray(sin[:, :, 0]), np.sin(angle), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(cos[:, :, 0]), np.cos(angle), atol=1e-6)
+    # Rotary's point: q·k depends only on how far apart the positions are.
+    q, k = jax.random.normal(jax.random.PRNGKey(0), (2, 1, 1, 1, head_dim))
+
+    def score(pq, pk):
+        at = lambda p: rotary_tables(jnp.full((1, 1), p, jnp.int32), head_dim, theta, rows)  # noqa: E731
+        return float(jnp.sum(rotary(q, at(pq)) * rotary(k, at(pk))))
+
+    assert score(40, 33) == pytest.approx(score(7, 0), rel=1e-5)
+    assert score(40, 33) != pytest.approx(score(40, 34), rel=1e-3)
+    # A position past the table is NaN, not a wrapped or clipped angle.
+    assert np.isnan(rotary_tables(jnp.full((1, 1), rows, jnp.int32), head_dim, theta, rows)[0]).all()

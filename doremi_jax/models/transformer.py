@@ -18,6 +18,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # Logical names of activations. They differ from the parameter names so that,
 # under FSDP, `embed` of a weight can be split over `fsdp` while the batch of an
@@ -125,12 +126,30 @@ class RMSNorm(nn.Module):
         return (x32 * scale.astype(jnp.float32)).astype(self.cfg.compute_dtype)
 
 
-def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-    """Rotary position embedding. x: [batch, length, heads, head_dim]; positions: [batch, length]."""
-    half = x.shape[-1] // 2
-    freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
-    angle = positions.astype(jnp.float32)[..., None, None] * freq  # [b, l, 1, half]
-    sin, cos = jnp.sin(angle), jnp.cos(angle)
+def rotary_tables(positions: jax.Array, head_dim: int, theta: float, num_positions: int):
+    """sin and cos of the rotary angles, float32[batch, length, 1, head_dim // 2], looked up in
+    a table of positions 0 .. num_positions-1 that numpy computes while tracing.
+
+    Computed in the graph instead, XLA fuses the sin and cos into every layer's q and k
+    fusions and evaluates them once per head and layer, forward and backward (8 rotaries
+    of the bench model: 116-134 ms -> 41-52 ms with the table, BENCHMARKS.md). The angles
+    are float64 before rounding, as exact as float32 holds them. A position outside the
+    table (which callers never pass: a position never exceeds its index in the row or
+    the cache) gives NaN, not a silently wrong angle.
+    """
+    half = head_dim // 2
+    angle = np.arange(num_positions, dtype=np.float64)[:, None] * theta ** (-np.arange(half) / half)
+
+    def lookup(table):
+        rows = jnp.take(jnp.asarray(table, jnp.float32), positions, axis=0, mode="fill", fill_value=jnp.nan)
+        return rows[:, :, None, :]
+
+    return lookup(np.sin(angle)), lookup(np.cos(angle))
+
+
+def rotary(x: jax.Array, tables: tuple[jax.Array, jax.Array]) -> jax.Array:
+    """Rotary position embedding. x: [batch, length, heads, head_dim]; tables: `rotary_tables`."""
+    sin, cos = tables
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return out.astype(x.dtype)
@@ -241,7 +260,11 @@ class Attention(nn.Module):
         q, k, v = (
             project(x, self._kernel(n, shape, names, cfg.embed_dim), 1) for n in ("query", "key", "value")
         )
-        q, k = rotary(q, positions, cfg.rope_theta), rotary(k, positions, cfg.rope_theta)
+        # Positions index the row, or in decoding the cache (as long as `init`'s input).
+        cache = self.get_variable("cache", "key") if self.decode and self.has_variable("cache", "key") else None
+        num_positions = cache.shape[1] if cache is not None else x.shape[1]
+        tables = rotary_tables(positions, cfg.head_dim, cfg.rope_theta, num_positions)
+        q, k = rotary(q, tables), rotary(k, tables)
         act_names = (BATCH, LENGTH, ACT_HEADS, None)
         q, k, v = (nn.with_logical_constraint(t, act_names) for t in (q, k, v))
         if self.decode:
