@@ -23,7 +23,7 @@ import numpy as np
 
 from doremi_jax import dro, sharding
 from doremi_jax.models import Transformer, TransformerConfig, param_count
-from doremi_jax.train import loop, steps
+from doremi_jax.train import loop
 from doremi_jax.train.state import OptimizerConfig, make_optimizer
 
 # Dense bf16 peak per chip, FLOP/s (vendor datasheets).
@@ -128,7 +128,6 @@ def benchmark(
     )
     reference = jax.tree.map(lambda x: x.copy(), state.params)
     batch = _synthetic_batch(device_mesh, bench.batch_size, bench.sequence_length, model.vocab_size, num_domains)
-    batch_sh = sharding.batch_sharding(device_mesh)
     transformer = Transformer(model)
     results: dict[str, Any] = {
         "device": jax.devices()[0].device_kind,
@@ -146,17 +145,11 @@ def benchmark(
     peak_before = measured_peak(jnp.dtype(model.dtype), bench.matmul_size)
 
     with sharding.activate(device_mesh, mesh.rules):
-        lm = jax.jit(
-            lambda s, b: steps.lm_step(s, b, model=transformer, tx=tx, num_domains=num_domains),
-            in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None), donate_argnums=(0,),
-        )
-        proxy = jax.jit(
-            lambda s, b, r: steps.doremi_step(
-                s, b, r, model=transformer, reference_model=transformer, tx=tx,
-                weight_tx=weight_tx, num_domains=num_domains,
-            ),
-            in_shardings=(state_sh, batch_sh, param_sh), out_shardings=(state_sh, None), donate_argnums=(0,),
-        )
+        # The trainer's own jitted steps (loop.jit_step), compiled here so that compile
+        # time is measured apart from the steps.
+        step_args = (transformer, tx, weight_tx, num_domains, loop.DroConfig(), 1, device_mesh, state_sh)
+        lm = loop.jit_step(*step_args)
+        proxy = loop.jit_step(*step_args, reference=(transformer, param_sh))
         timings = {}
         for name, fn, args in (("lm_step", lm, ()), ("doremi_step", proxy, (reference,))):
             t = time.perf_counter()

@@ -250,15 +250,17 @@ def _state_shardings(abstract: TrainState, param_shardings, mesh):
     return rest.replace(params=param_shardings, opt_state=opt_shardings)
 
 
-def compile_step(model, tx, weight_tx, num_domains, doremi, microbatches, mesh, state_shardings, reference=None):
-    """`run_step(state, batch) -> (state, metrics)`: the jitted step with explicit
-    shardings and the state donated; the DoReMi proxy step when `reference` is given as
-    (reference model, its params, their shardings), else the LM step."""
+def jit_step(model, tx, weight_tx, num_domains, doremi, microbatches, mesh, state_shardings, reference=None):
+    """The jitted step with explicit shardings and the state donated, not yet bound to
+    data: (state, batch) -> (state, metrics), the LM step; or, with `reference` =
+    (reference model, its params' shardings), the DoReMi proxy step
+    (state, batch, reference params) -> (state, metrics). The trainer and the benchmark
+    both compile this one."""
     batch_shard = sharding.batch_sharding(mesh)
     replicated = sharding.replicated(mesh)
     if reference is not None:
-        reference_model, reference_params, ref_shardings = reference
-        step_fn = jax.jit(
+        reference_model, ref_shardings = reference
+        return jax.jit(
             lambda s, b, r: steps.doremi_step(
                 s, b, r,
                 model=model,
@@ -274,13 +276,25 @@ def compile_step(model, tx, weight_tx, num_domains, doremi, microbatches, mesh, 
             out_shardings=(state_shardings, replicated),
             donate_argnums=(0,),
         )
-        return lambda s, b: step_fn(s, b, reference_params)
     return jax.jit(
         lambda s, b: steps.lm_step(s, b, model=model, tx=tx, num_domains=num_domains, microbatches=microbatches),
         in_shardings=(state_shardings, batch_shard),
         out_shardings=(state_shardings, replicated),
         donate_argnums=(0,),
     )
+
+
+def compile_step(model, tx, weight_tx, num_domains, doremi, microbatches, mesh, state_shardings, reference=None):
+    """`run_step(state, batch) -> (state, metrics)`: `jit_step`, with the reference params
+    bound when `reference` is given as (reference model, its params, their shardings)."""
+    if reference is None:
+        return jit_step(model, tx, weight_tx, num_domains, doremi, microbatches, mesh, state_shardings)
+    reference_model, reference_params, ref_shardings = reference
+    step_fn = jit_step(
+        model, tx, weight_tx, num_domains, doremi, microbatches, mesh, state_shardings,
+        (reference_model, ref_shardings),
+    )
+    return lambda s, b: step_fn(s, b, reference_params)
 
 
 def train(
