@@ -35,12 +35,14 @@ def shapes() -> list[tuple[str, tuple[int, ...], tuple[int, ...], str, float]]:
     a leading batch dim when the shapes are 3-D; `uses`: how many times one LM step
     (forward + backward) runs this product's FLOPs at this product's shape class."""
     out = []
-    uses = {"qkvo": 4 * LAYERS, "gate/up": 2 * LAYERS, "down": LAYERS, "logits": 1}
-    for what, (k, n) in {"qkvo": (D, D), "gate/up": (D, MLP), "down": (MLP, D), "logits": (D, VOCAB)}.items():
+    weights = {  # name: (in, out, matrices of this shape in the model)
+        "qkvo": (D, D, 4 * LAYERS), "gate/up": (D, MLP, 2 * LAYERS), "down": (MLP, D, LAYERS), "logits": (D, VOCAB, 1),
+    }
+    for what, (k, n, uses) in weights.items():
         out += [
-            (f"{what} fwd", (TOKENS, k), (k, n), "nn", uses[what]),
-            (f"{what} dx", (TOKENS, n), (k, n), "nt", uses[what]),
-            (f"{what} dW", (TOKENS, k), (TOKENS, n), "tn", uses[what]),
+            (f"{what} fwd", (TOKENS, k), (k, n), "nn", uses),
+            (f"{what} dx", (TOKENS, n), (k, n), "nt", uses),
+            (f"{what} dW", (TOKENS, k), (TOKENS, n), "tn", uses),
         ]
     per_step = BLOCKS_PER_LAST * LAYERS
     out += [
