@@ -102,9 +102,10 @@ def run(framework: str, repeats: int) -> dict:
         })
     result = {"framework": framework, "threads": threads, "repeats": repeats, "products": rows}
     for stat in ("best", "median"):  # the LM step's matrix products at these rates
-        for part, keep in (("weights", lambda r: not r["name"].startswith("attn")), ("attention", lambda r: r["name"].startswith("attn"))):
+        for part, attention in (("weights", False), ("attention", True)):
             result[f"lm_step_{part}_products_s_at_{stat}"] = sum(
-                r["uses_per_lm_step"] * r["flops"] / (r[f"{stat}_gflops"] * 1e9) for r in rows if keep(r)
+                r["uses_per_lm_step"] * r["flops"] / (r[f"{stat}_gflops"] * 1e9)
+                for r in rows if r["name"].startswith("attn") == attention
             )
     return result
 
