@@ -268,14 +268,14 @@ def main(argv=None) -> None:
         config.register()
         fn = config.add_configurable("benchmark", benchmark)
         config.add_configurable("BenchConfig", BenchConfig)
-        config.parse([BENCH_GIN, *files], bindings)
+        config.parse([BENCH_GIN], [], files, bindings)
         result = fn()
         print(format_table(result), flush=True)
         if json_path:
             with open(json_path, "w") as f:
                 json.dump(result, f, indent=2)
 
-    cli.main(run, argv)
+    cli.main(run, argv, tensorflow=False)
 
 
 if __name__ == "__main__":

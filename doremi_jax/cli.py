@@ -44,21 +44,31 @@ def require_workdir(rest: Sequence[str]) -> str:
     return workdir
 
 
-def main(run: Callable[[list[str], list[str], list[str]], None], argv: Sequence[str] | None = None) -> None:
+def main(
+    run: Callable[[list[str], list[str], list[str]], None],
+    argv: Sequence[str] | None = None,
+    tensorflow: bool = True,
+) -> None:
     """Split argv into gin files, bindings and the rest, then call `run`; known errors
-    become one line on stderr and exit status 1 (2 for bad arguments)."""
+    become one line on stderr and exit status 1 (2 for bad arguments). With
+    `tensorflow` (every entry but the bench), tensorflow is imported first, quietly."""
     logging.basicConfig(level=os.environ.get("DOREMI_LOGLEVEL", "WARNING"), format="%(levelname)s %(message)s")
     if "DOREMI_LOGLEVEL" not in os.environ:
         from absl import logging as absl_logging  # orbax logs routine events as warnings
 
         absl_logging.set_verbosity(absl_logging.ERROR)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if tensorflow:
+        from doremi_jax.data import tensorflow_runtime
+
+        tensorflow_runtime.import_quietly()
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         files, bindings, rest = config.split_argv(argv)
         run(files, bindings, rest)
     except config.ConfigError as e:
-        config.fail(str(e), 2)
+        # gin appends "In call to configurable ..." lines to errors raised under a call.
+        config.fail(str(e).splitlines()[0], 2)
     except _known_errors() as e:
         config.fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
     except RuntimeError as e:  # gin reports unset REQUIRED macros as RuntimeError-like errors

@@ -56,25 +56,107 @@ class ConfigError(ValueError):
     pass
 
 
-def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
-    """Parse gin files then bindings; unknown names, files or macros become ConfigError."""
+def parse(
+    gin_files: Sequence[str],
+    bindings: Sequence[str],
+    user_files: Sequence[str] = (),
+    user_bindings: Sequence[str] = (),
+    check_macros: bool = True,
+    model_dir: str | None = None,
+) -> list[str]:
+    """Parse a run's own gin files and bindings, then the user's (the command line's,
+    which have the last word). Unknown names, files or unset required macros become
+    ConfigError, and so does a user binding of a macro that no file declares and
+    nothing uses (`--gin.TRAIN_STEP=5`), unless `check_macros` is off: then the unknown
+    macro names are returned for the caller to judge (the pipeline checks a binding
+    against every stage). `model_dir` (the entry's --workdir) is bound as MODEL_DIR last."""
     register()
     gin.clear_config()
     gin.add_config_file_search_path(REPO_ROOT)
     gin.add_config_file_search_path(os.getcwd())
-    for path in gin_files:
+    for path in [*gin_files, *user_files]:
         if not os.path.exists(path) and not os.path.exists(os.path.join(REPO_ROOT, path)):
             raise ConfigError(f"gin file {path!r} not found")
     try:
         gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=False)
+        gin.parse_config_files_and_bindings(list(user_files), [], finalize_config=False)
+        declared = set(macros())
+        gin.parse_config_files_and_bindings([], list(user_bindings), finalize_config=False)
+        if model_dir is not None:
+            gin.bind_parameter("MODEL_DIR/gin.macro.value", model_dir)
     except (ValueError, KeyError, SyntaxError, IOError) as e:
         raise ConfigError(f"gin: {_first_line(e)}") from None
+    known = declared | referenced_macros()
+    unknown = [name for name in bound_macros(user_bindings) if name not in known]
+    if unknown and check_macros:
+        raise ConfigError(unknown_macros_message(unknown, known))
     unset = sorted(name for name in macros() if _is_required(gin.query_parameter(f"%{name}")))
     if unset:
         raise ConfigError(
             "gin: required macro(s) not set: "
             + ", ".join(f"{n} (--gin.{n}=...)" for n in unset)
         )
+    return unknown
+
+
+def bound_macros(bindings: Sequence[str]) -> list[str]:
+    """The macro names that `NAME = value` bindings set (a gin binding without a dot)."""
+    names = []
+    for binding in bindings:
+        key = binding.split("=", 1)[0].strip()
+        if key and "." not in key and "/" not in key:
+            names.append(key)
+    return names
+
+
+def referenced_macros() -> set[str]:
+    """Macros the parsed config uses (`%NAME` anywhere in a bound value)."""
+    found: set[str] = set()
+
+    def walk(value):
+        if isinstance(value, gin.config.ConfigurableReference):
+            scope, selector = value.config_key
+            if selector == "gin.macro":
+                found.add(scope)
+        elif isinstance(value, (list, tuple, set)):
+            for v in value:
+                walk(v)
+        elif isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+
+    for params in gin.config._CONFIG.values():
+        walk(params)
+    return found
+
+
+def unknown_macros_message(unknown: Sequence[str], known: set[str]) -> str:
+    import difflib
+
+    parts = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
+        parts.append(name + (f" (did you mean {', '.join(close)}?)" if close else ""))
+    return (
+        "gin: no gin file declares or uses the macro(s) "
+        + ", ".join(parts)
+        + f"; known macros: {', '.join(sorted(n for n in known if n.isupper()))}"
+    )
+
+
+def fingerprint(exclude_selectors: Sequence[str] = ("run_pipeline",), exclude_macros: Sequence[str] = ("MODEL_DIR",)) -> str:
+    """A stable hash of the parsed gin config, less the bindings that do not change what
+    a run computes (its own folder; the pipeline's own knobs)."""
+    import hashlib
+
+    items = []
+    for (scope, selector), params in sorted(gin.config._CONFIG.items()):
+        if selector.split(".")[-1] in exclude_selectors:
+            continue
+        if selector == "gin.macro" and scope in exclude_macros:
+            continue
+        items.append(f"{scope}/{selector}: {sorted((k, repr(v)) for k, v in params.items())}")
+    return hashlib.sha256("\n".join(items).encode()).hexdigest()[:16]
 
 
 def query(name: str, default=None):
@@ -131,21 +213,25 @@ def config_str() -> str:
     return gin.config_str()
 
 
-def train_with_gin(workdir: str, gin_files: Sequence[str], bindings: Sequence[str], **overrides):
-    """Parse a run's gin, record it in workdir/config.gin, train; returns the run summary.
+def train_with_gin(
+    workdir: str,
+    gin_files: Sequence[str],
+    bindings: Sequence[str],
+    user_files: Sequence[str] = (),
+    user_bindings: Sequence[str] = (),
+    **overrides,
+):
+    """Parse a run's gin (its own files and bindings, then the user's), train, record the
+    config in workdir/config.gin; returns the run summary.
 
-    What `python -m doremi_jax.train` does, callable from the pipeline. config.gin is
-    written up front only where there is none (another run's record is never
-    overwritten before the workdir checks pass), and replaced by the operative config
-    (what the run actually used, as T5X writes it) when the run returns.
+    What `python -m doremi_jax.train` does, callable from the pipeline. The trainer
+    writes config.gin (this parsed config) only once the workdir's checks have passed,
+    so a refused or failed start leaves another run's record as it was; it is replaced
+    by the operative config (what the run actually used, as T5X writes it) at the end.
     """
-    loop.check_writable(workdir)
-    parse(gin_files, [f"MODEL_DIR = '{workdir}'", *bindings])
-    config_path = os.path.join(workdir, "config.gin")
-    if not fileio.exists(config_path):
-        write_file(config_path, config_str())
-    summary = configurable("train")(workdir, **overrides)
-    write_file(config_path, operative_config())
+    parse(gin_files, bindings, user_files, user_bindings, model_dir=workdir)
+    summary = configurable("train")(workdir, config_text=config_str(), **overrides)
+    write_file(os.path.join(workdir, "config.gin"), operative_config())
     return summary
 
 

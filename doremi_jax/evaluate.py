@@ -60,10 +60,10 @@ def run(files, bindings, rest):
     workdir = cli.require_workdir(rest)
     sharding.initialize_distributed()
     if _BOUND_TASKS in fewshot:
-        config.parse(files, [f"MODEL_DIR = '{workdir}'", *bindings])
+        config.parse([], [], files, bindings, model_dir=workdir)
         tasks = list(config.query("DownstreamConfig.tasks", ())) or ["cloze"]
         fewshot = [f"DownstreamConfig.tasks = {[str(t) for t in tasks]!r}"]
-    config.parse(files, [f"MODEL_DIR = '{workdir}'", *bindings, *fewshot])
+    config.parse([], [], files, [*bindings, *fewshot], model_dir=workdir)
     summary = config.configurable("train")(workdir, eval_only=True)
     print(format_results(summary["step"], summary["eval"]), flush=True)
     if "downstream" in summary:

@@ -16,10 +16,10 @@ is redone.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
-import re
 from typing import Any, Sequence
 
 import jax
@@ -30,10 +30,43 @@ from doremi_jax.data import weights as weights_lib
 from doremi_jax.train import loop
 
 
-def _fingerprint(upstream: str) -> str:
-    """Hash of the parsed stage config (less its workdir) and of what it depends on."""
-    text = re.sub(r"^MODEL_DIR = .*$", "", config.config_str(), flags=re.M)
-    return hashlib.sha256((text + "|" + upstream).encode()).hexdigest()[:16]
+STAGE_SCOPES = ("reference", "proxy", "main")
+
+
+@dataclasses.dataclass(frozen=True)
+class CommandLine:
+    """The pipeline's `--gin_file`s and `--gin.NAME=VALUE` bindings, for the stages.
+
+    Files and unscoped bindings apply to every stage; a binding scoped by a stage kind,
+    `--gin.proxy/DroConfig.learning_rate=0.5` or `--gin.main/TRAIN_STEPS=300`, only to
+    the stages of that kind (`main` is both main models), which receive it unscoped.
+    They come after each stage's own gin, so the command line has the last word.
+    """
+
+    files: tuple[str, ...] = ()
+    bindings: tuple[str, ...] = ()
+
+    def for_stage(self, kind: str) -> tuple[list[str], list[str]]:
+        bindings = []
+        for binding in self.bindings:
+            scope, name = _stage_scope(binding)
+            if scope is None and not name.startswith("run_pipeline."):
+                bindings.append(binding)
+            elif scope == kind:
+                bindings.append(name)
+        return list(self.files), bindings
+
+    def pipeline_bindings(self) -> list[str]:
+        """The bindings the pipeline itself reads (those not scoped to a stage)."""
+        return [b for b in self.bindings if _stage_scope(b)[0] is None]
+
+
+def _stage_scope(binding: str) -> tuple[str | None, str]:
+    key = binding.split("=", 1)[0].strip()
+    scope, _, _ = key.partition("/")
+    if "/" in key and scope in STAGE_SCOPES:
+        return scope, binding.split("/", 1)[1]
+    return None, binding
 
 
 def _file_hash(path: str) -> str:
@@ -42,30 +75,47 @@ def _file_hash(path: str) -> str:
 
 
 class Stage:
-    """One trainer run of the pipeline, skipped when already done with the same inputs."""
+    """One trainer run of the pipeline, skipped when already done with the same inputs.
 
-    def __init__(self, workdir: str, name: str, gin_files: Sequence[str], bindings: Sequence[str], upstream: str):
-        self.name = name
+    Its gin: the stage's own files and bindings (from the experiment, plus the links
+    the pipeline adds), then the command line's for its kind. Its fingerprint hashes
+    that parsed config (less its folder and the pipeline's own knobs) and what it
+    depends on; a run in the folder with another fingerprint is replaced, one with the
+    same fingerprint resumed.
+    """
+
+    def __init__(self, workdir: str, name: str, kind: str, gin_files: Sequence[str], bindings: Sequence[str],
+                 command_line: CommandLine, upstream: str):
+        self.name, self.kind = name, kind
         self.workdir = os.path.join(workdir, name)
         self.gin_files, self.bindings, self.upstream = list(gin_files), list(bindings), upstream
+        self.user_files, self.user_bindings = command_line.for_stage(kind)
         self.record = os.path.join(self.workdir, "stage.json")
+
+    def parse(self, check_macros: bool = True) -> list[str]:
+        return config.parse(
+            self.gin_files, self.bindings, self.user_files, self.user_bindings,
+            check_macros=check_macros, model_dir=self.workdir,
+        )
 
     def run(self) -> tuple[dict, str]:
         """Train (or skip); returns the run summary and this stage's fingerprint."""
-        config.parse(self.gin_files, [f"MODEL_DIR = '{self.workdir}'", *self.bindings])
-        fingerprint = _fingerprint(self.upstream)
-        previous = {}
-        if fileio.exists(self.record):
-            previous = json.loads(fileio.read_text(self.record))
+        self.parse()
+        fingerprint = hashlib.sha256(f"{config.fingerprint()}|{self.upstream}".encode()).hexdigest()[:16]
+        previous = json.loads(fileio.read_text(self.record)) if fileio.exists(self.record) else {}
         if previous.get("fingerprint") == fingerprint and previous.get("done"):
             print(f"[{self.name}] done with the same configuration: skipped", flush=True)
             return json.loads(fileio.read_text(os.path.join(self.workdir, "summary.json"))), fingerprint
-        changed = bool(previous) and previous.get("fingerprint") != fingerprint
-        if changed:
+        run_record = os.path.join(self.workdir, "run.json")
+        replace = fileio.exists(run_record) and (
+            json.loads(fileio.read_text(run_record)).get("pipeline_stage") != fingerprint
+        )
+        if replace:
             print(f"[{self.name}] configuration or inputs changed: retraining", flush=True)
-        fileio.makedirs(self.workdir)
-        _write_json(self.record, {"fingerprint": fingerprint, "done": False})
-        summary = config.train_with_gin(self.workdir, self.gin_files, self.bindings, overwrite=changed)
+        summary = config.train_with_gin(
+            self.workdir, self.gin_files, self.bindings, self.user_files, self.user_bindings,
+            overwrite=replace, stage_fingerprint=fingerprint,
+        )
         if summary.get("stopped") == "preempted":
             raise SystemExit(0)  # the next start resumes this stage where it stopped
         _write_json(self.record, {"fingerprint": fingerprint, "done": True})
@@ -75,6 +125,24 @@ class Stage:
 def _write_json(path: str, data: Any) -> None:
     """Atomic, process 0 only (config.write_file)."""
     config.write_file(path, json.dumps(data, indent=2) + "\n")
+
+
+def _check_command_line(stages: Sequence[Stage], command_line: CommandLine) -> None:
+    """Parse every stage's gin before anything runs: unknown names, unset required
+    macros and command-line macros that no stage declares or uses fail here."""
+    unknown_in: dict[str, list[str]] = {}
+    known: set[str] = set()
+    for stage in stages:
+        unknown = stage.parse(check_macros=False)
+        known |= (set(config.macros()) | config.referenced_macros()) - set(unknown)
+        unknown_in[stage.kind] = unknown
+    scoped = {kind: config.bound_macros(command_line.for_stage(kind)[1]) for kind in STAGE_SCOPES}
+    everywhere = set(config.bound_macros(command_line.pipeline_bindings()))
+    bad = [n for n in sorted(everywhere) if all(n in u for u in unknown_in.values())]
+    bad += [f"{kind}/{n}" for kind in STAGE_SCOPES for n in scoped[kind]
+            if n not in everywhere and n in unknown_in.get(kind, ())]
+    if bad:
+        raise config.ConfigError(config.unknown_macros_message(bad, known))
 
 
 def run_pipeline(
@@ -90,24 +158,45 @@ def run_pipeline(
     baseline_weights: str = "natural",
     max_rounds: int = 1,
     tolerance: float = 1e-3,
+    command_line: CommandLine = CommandLine(),
+    config_text: str | None = None,
 ) -> dict[str, Any]:
     """Run every stage; returns eval.json's content. Stage gin files and bindings are
     lists, as on a train command line; the pipeline adds the weights and folders that
-    link the stages (REFERENCE_WEIGHTS, REFERENCE_DIR, MIXTURE_WEIGHTS)."""
-    fileio.makedirs(workdir)
+    link the stages (REFERENCE_WEIGHTS, REFERENCE_DIR, MIXTURE_WEIGHTS), and
+    `command_line` (the entry's `--gin_file`s and `--gin.` flags) comes after them.
+    `config_text` (the pipeline's parsed gin) is written to workdir/pipeline.gin once
+    every stage's gin has parsed."""
     common = list(common_bindings)
+
+    def reference_stage(k, weights, upstream):
+        return Stage(workdir, f"round_{k}/reference", "reference", reference_gin,
+                     [*common, *reference_bindings, f"REFERENCE_WEIGHTS = '{weights}'"], command_line, upstream)
+
+    def proxy_stage(k, reference_dir, upstream):
+        return Stage(workdir, f"round_{k}/proxy", "proxy", proxy_gin,
+                     [*common, *proxy_bindings, f"REFERENCE_DIR = '{reference_dir}'"], command_line, upstream)
+
+    def main_stage(name, weights, upstream):
+        return Stage(workdir, name, "main", main_gin, [*common, *main_bindings, f"MIXTURE_WEIGHTS = '{weights}'"],
+                     command_line, upstream)
+
+    # Every stage's configuration is checked before anything is written.
+    _check_command_line(
+        [reference_stage(1, initial_reference_weights, ""), proxy_stage(1, workdir, ""),
+         main_stage("main_doremi", baseline_weights, "")],
+        command_line,
+    )
+    loop.check_writable(workdir)
+    if config_text is not None:
+        config.write_file(os.path.join(workdir, "pipeline.gin"), config_text)
+
     rounds, reference_weights, upstream = [], initial_reference_weights, "start"
     domains: list[str] = []
     for k in range(1, max_rounds + 1):
-        ref = Stage(
-            workdir, f"round_{k}/reference", reference_gin,
-            [*common, *reference_bindings, f"REFERENCE_WEIGHTS = '{reference_weights}'"], upstream,
-        )
+        ref = reference_stage(k, reference_weights, upstream)
         ref_summary, upstream = ref.run()
-        proxy = Stage(
-            workdir, f"round_{k}/proxy", proxy_gin,
-            [*common, *proxy_bindings, f"REFERENCE_DIR = '{ref.workdir}'"], upstream,
-        )
+        proxy = proxy_stage(k, ref.workdir, upstream)
         proxy_summary, upstream = proxy.run()
         domains = proxy_summary["domains"]
         alpha_ref = _weights_of(ref.workdir, domains)
@@ -132,10 +221,9 @@ def run_pipeline(
     weights_lib.write_weights(final, domains, [rounds[-1]["average_domain_weights"][d] for d in domains])
     _write_json(os.path.join(workdir, "rounds.json"), rounds)
 
-    main_upstream = _file_hash(final)
-    doremi_stage = Stage(workdir, "main_doremi", main_gin, [*common, *main_bindings, f"MIXTURE_WEIGHTS = '{final}'"], main_upstream)
+    doremi_stage = main_stage("main_doremi", final, _file_hash(final))
     doremi_summary, _ = doremi_stage.run()
-    baseline_stage = Stage(workdir, "main_baseline", main_gin, [*common, *main_bindings, f"MIXTURE_WEIGHTS = '{baseline_weights}'"], "baseline")
+    baseline_stage = main_stage("main_baseline", baseline_weights, "baseline")
     baseline_summary, _ = baseline_stage.run()
 
     baseline = _weights_of(baseline_stage.workdir, domains)
@@ -161,14 +249,14 @@ def _weights_of(stage_workdir: str, domains: Sequence[str]) -> np.ndarray:
 
 def main(argv=None) -> None:
     def run(files, bindings, rest):
-        workdir = cli.require_workdir(rest)
+        workdir = fileio.absolute(cli.require_workdir(rest))
         sharding.initialize_distributed()
         config.register()
         pipeline = config.add_configurable("run_pipeline", run_pipeline)
-        config.parse(files, bindings)
-        loop.check_writable(workdir)
-        config.write_file(os.path.join(workdir, "pipeline.gin"), config.config_str())
-        pipeline(fileio.absolute(workdir))
+        command_line = CommandLine(tuple(files), tuple(bindings))
+        # The pipeline's own knobs (run_pipeline.*); the stages' macros are checked per stage.
+        config.parse(files, [], (), command_line.pipeline_bindings(), check_macros=False)
+        pipeline(workdir, command_line=command_line, config_text=config.config_str())
 
     cli.main(run, argv)
 

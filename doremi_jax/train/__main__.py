@@ -8,7 +8,7 @@ from doremi_jax import cli, config, sharding
 def run(files, bindings, rest):
     workdir = cli.require_workdir(rest)
     sharding.initialize_distributed()
-    config.train_with_gin(workdir, files, bindings)
+    config.train_with_gin(workdir, [], [], files, bindings)
 
 
 if __name__ == "__main__":

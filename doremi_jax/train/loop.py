@@ -99,24 +99,30 @@ RUN_OUTPUTS = (
 )
 
 
-def _check_workdir_identity(workdir: str, identity: dict, overwrite: bool) -> None:
-    """Refuse a workdir holding another experiment's run; with overwrite, start afresh."""
+# What an evaluation of a finished run must agree on; a training run must agree on all.
+EVAL_IDENTITY = ("model", "domains", "vocabulary")
+
+
+def _check_workdir_identity(workdir: str, identity: dict, overwrite: bool, eval_only: bool = False) -> None:
+    """Refuse a workdir holding another run (a different corpus, vocabulary, batch,
+    sequence length, seed, learning rate or mixture); with overwrite, start afresh."""
     path = os.path.join(workdir, "run.json")
     if fileio.exists(path):
         previous = json.loads(fileio.read_text(path))
-        if overwrite:
+        keys = EVAL_IDENTITY if eval_only else set(previous) | set(identity)
+        changed = sorted(k for k in keys if previous.get(k) != identity.get(k))
+        if overwrite and changed:
             logging.warning("overwrite=True: removing the previous run in %s", workdir)
             if jax.process_index() == 0:
                 for name in RUN_OUTPUTS:
                     fileio.remove(os.path.join(workdir, name))
             sync_hosts("overwrite")
-        elif previous != identity:
-            changed = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
+        elif changed:
             raise TrainingError(
                 f"workdir {workdir!r} holds another run (differs in {changed}); "
                 "use a new workdir or pass overwrite=True (--gin.train.overwrite=True)"
             )
-    if jax.process_index() == 0:
+    if jax.process_index() == 0 and not eval_only:
         fileio.write_text_atomic(path, json.dumps(identity, indent=2, sort_keys=True))
 
 
@@ -182,19 +188,20 @@ def memory_estimate(model_cfg: TransformerConfig, mesh, rules, optimizer: str, b
     }
 
 
-def load_reference(reference_workdir, reference_cfg, domains, vocab_size, mesh, rules):
+def load_reference(reference_workdir, reference_cfg, domains, vocabulary, mesh, rules):
     """The reference model's params (sharded by the rules) and their shardings, after
-    checking that it was trained on the same domains and vocabulary."""
+    checking that it was trained on the same domains and vocabulary (by fingerprint:
+    two SentencePiece models of one size are still two vocabularies)."""
     if not reference_workdir:
         raise TrainingError("a doremi run needs DroConfig.reference_workdir (the reference run's workdir)")
     ref_identity = os.path.join(reference_workdir, "run.json")
     if fileio.exists(ref_identity):
         ref_run = json.loads(fileio.read_text(ref_identity))
-        if ref_run.get("domains") != list(domains) or ref_run.get("vocab_size") != vocab_size:
+        if ref_run.get("domains") != list(domains) or ref_run.get("vocabulary") != vocabulary:
             raise TrainingError(
                 f"reference run {reference_workdir!r} was trained on domains "
-                f"{ref_run.get('domains')} with vocabulary {ref_run.get('vocab_size')}; "
-                f"this run has {list(domains)} with {vocab_size}"
+                f"{ref_run.get('domains')} with vocabulary {ref_run.get('vocabulary')}; "
+                f"this run has {list(domains)} with {vocabulary}"
             )
     ref_abstract, ref_shardings = abstract_params(reference_cfg, mesh, rules)
     try:
@@ -311,6 +318,8 @@ def train(
     sampling_weights: str = "natural",
     overwrite: bool = False,
     eval_only: bool = False,
+    config_text: str | None = None,
+    stage_fingerprint: str = "",
 ) -> dict[str, Any]:
     """Train one model in `workdir` and return a summary (also written to summary.json).
 
@@ -319,6 +328,9 @@ def train(
     Resumes from the latest checkpoint in `workdir/checkpoints`. Evaluates per-domain
     perplexity, and the `downstream` tasks when any, every `eval_every` steps and at the
     end. With `eval_only`, only evaluates that checkpoint (`python -m doremi_jax.evaluate`).
+    `config_text` (the parsed gin) is written to workdir/config.gin once the workdir's
+    checks pass; `stage_fingerprint` (the pipeline's) is part of the run's identity.
+    Every check that can refuse the run comes before anything is written.
     """
     if run not in ("lm", "doremi"):
         raise TrainingError(f"train.run={run!r}: expected 'lm' or 'doremi'")
@@ -334,6 +346,14 @@ def train(
     corpus = inputs.build_corpus(data, vocab)
     domains, k = corpus.domains, len(corpus.domains)
     vocab_size = vocab.vocab_size
+    n_params = param_count(model)
+    if primary:
+        # The first line of every run: a wrong corpus or size is visible at once.
+        print(f"[{os.path.basename(os.path.normpath(workdir))}] {run} run on corpus {corpus.name!r} "
+              f"(DATA_DIR {data.data_dir!r}, {k} domains: {', '.join(domains)}; vocabulary "
+              f"{vocab.fingerprint}), {config.train_steps} steps x batch {config.batch_size} x "
+              f"{config.sequence_length} tokens, model {n_params / 1e6:.2f}M parameters "
+              f"({model.num_layers} layers, d={model.embed_dim})", flush=True)
     if vocab_size > model.vocab_size:
         raise TrainingError(
             f"vocabulary has {vocab_size} ids but TransformerConfig.vocab_size={model.vocab_size}"
@@ -359,27 +379,33 @@ def train(
     if config.cap_epochs:
         fixed_sampling = stats.cap_weights(counts, fixed_sampling, budget, config.max_epochs)
     alpha0 = inputs.named_weights(doremi.initial_weights, corpus) if run == "doremi" else fixed_sampling
+    # What a resumed run must share with the run in its workdir (anything else, such as
+    # more steps, may change on resume).
     identity = {
         "run": run,
         "model": dataclasses.asdict(model),
         "domains": list(domains),
         "vocab_size": vocab_size,
+        "vocabulary": vocab.fingerprint,
         "corpus": corpus.name,
+        "data_dir": fileio.absolute(data.data_dir) if data.data_dir != "demo" else "demo",
+        "batch_size": config.batch_size,
+        "sequence_length": config.sequence_length,
+        "seed": config.seed,
+        "learning_rate": optimizer.learning_rate,
+        "sampling_weights": np.round(np.asarray(fixed_sampling, np.float64), 8).tolist(),
     }
+    if stage_fingerprint:
+        identity["pipeline_stage"] = stage_fingerprint
     if eval_only and not fileio.exists(os.path.join(workdir, "run.json")):
         raise TrainingError(f"no run to evaluate in {workdir!r} (no run.json)")
     if run == "doremi" and not eval_only:
         # Read (and check) the reference before this run writes anything.
         reference_cfg = doremi.reference_model or model
         reference_params, ref_shardings = load_reference(
-            doremi.reference_workdir, reference_cfg, domains, vocab_size, device_mesh, mesh.rules
+            doremi.reference_workdir, reference_cfg, domains, vocab.fingerprint, device_mesh, mesh.rules
         )
-    _check_workdir_identity(workdir, identity, overwrite and not eval_only)
-
-    n_params = param_count(model)
-    logging.info("model: %s parameters (%.1fM)", f"{n_params:,}", n_params / 1e6)
-    print(f"[{os.path.basename(os.path.normpath(workdir))}] {run} run, {n_params / 1e6:.2f}M parameters, "
-          f"{k} domains, mesh {dict(device_mesh.shape)}", flush=True)
+    logging.info("model: %s parameters (%.1fM), mesh %s", f"{n_params:,}", n_params / 1e6, dict(device_mesh.shape))
 
     estimate = memory_estimate(
         model, device_mesh, mesh.rules, optimizer.name, config.batch_size // config.microbatches,
@@ -394,6 +420,10 @@ def train(
             f"estimated {total / 2**30:.1f} GiB per device exceeds TrainConfig.device_memory_gib="
             f"{config.device_memory_gib}: shard more (gin/sharding/fsdp.gin), use remat, or a smaller batch"
         )
+    # Nothing was written before this point: a refused start leaves the workdir as it was.
+    _check_workdir_identity(workdir, identity, overwrite and not eval_only, eval_only)
+    if config_text is not None and primary and not fileio.exists(os.path.join(workdir, "config.gin")):
+        fileio.write_text_atomic(os.path.join(workdir, "config.gin"), config_text)
 
     transformer = Transformer(model)
     tx = make_optimizer(optimizer, config.train_steps)
