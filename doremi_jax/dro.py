@@ -16,6 +16,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -57,6 +58,36 @@ def weighted_domain_loss(token_loss, domain_ids, loss_mask, domain_weights):
     """Σ_i α[i]·mean_i(ℓ): the proxy objective. domain_weights: float32[k], not differentiated."""
     means, _ = domain_mean_losses(token_loss, domain_ids, loss_mask, domain_weights.shape[0])
     return jnp.sum(jax.lax.stop_gradient(domain_weights) * means)
+
+
+def carry_absent_domains(lam: jax.Array, counts: jax.Array, previous: jax.Array) -> jax.Array:
+    """λ_t where a domain has tokens in the batch; its last λ where it has none.
+
+    For resample mode, where the rates follow α: with λ = 0 for an absent domain, a
+    domain pushed towards c/k is rarely drawn, so rarely scored, so pushed further, and
+    cannot recover. The reference PyTorch implementation keeps each domain's last score
+    the same way. `previous` < 0 marks a domain never seen yet (λ itself is never
+    negative): it gets the mean λ of the domains present, which leaves its weight
+    where it is relative to theirs until it is scored. float32[k] each; counts are the
+    batch's token counts per domain.
+    """
+    present = counts > 0
+    neutral = jnp.sum(jnp.where(present, lam, 0.0)) / jnp.maximum(jnp.sum(present), 1)
+    return jnp.where(present, lam, jnp.where(previous >= 0, previous, neutral))
+
+
+def early_stop_reached(recent_weights, average, tolerance: float, step: int) -> bool:
+    """Whether ᾱ has settled at `step`: the mean of α over the last window (float[w, k])
+    is within `tolerance` (L∞) of ᾱ (float[k]), with at least as many steps before the
+    window as in it (at step w the window's mean would be ᾱ itself).
+
+    ‖ᾱ_t − ᾱ_{t−w}‖ shrinks like w/t even while α_t keeps moving (averaging alone), so it
+    would stop a proxy whose weights still drift; the recent α_t against ᾱ does not.
+    """
+    recent = np.asarray(recent_weights, np.float64)
+    if step < 2 * len(recent):
+        return False
+    return bool(np.max(np.abs(recent.mean(axis=0) - np.asarray(average, np.float64))) < tolerance)
 
 
 class MultiplicativeWeightsState(NamedTuple):

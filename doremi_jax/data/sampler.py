@@ -16,6 +16,7 @@ start, padded. Every token carries the domain id of its row.
 
 from __future__ import annotations
 
+import zlib
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -32,17 +33,25 @@ FEATURES = (
 )
 
 
+def stream_seed(seed: int, stream: str = "") -> tuple[int, ...]:
+    """The seed words of one run's data stream: the run's SEED and, for a named stream
+    (a pipeline stage: `reference`, `proxy`, `main`), a hash of its name. Stages that
+    share SEED then read unrelated windows, so the proxy is not scored on the windows the
+    reference trained on at the same step (its excess loss would be in-sample there)."""
+    return (int(seed),) if not stream else (int(seed), zlib.crc32(stream.encode()))
+
+
 class MixtureSampler:
     def __init__(
         self,
         streams: Sequence[TokenStream],
         sequence_length: int,
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
         packing: bool = True,
     ):
         self.streams = list(streams)
         self.sequence_length = sequence_length
-        self.seed = seed
+        self.seed = (int(seed),) if isinstance(seed, (int, np.integer)) else tuple(int(s) for s in seed)
         self.packing = packing
         self._doc_index = [s.doc_index() for s in self.streams]
         for d, s in enumerate(self.streams):
@@ -75,7 +84,7 @@ class MixtureSampler:
         cdf = np.cumsum(weights / weights.sum())
         out = {name: [] for name in FEATURES}
         for r in rows:
-            rng = np.random.default_rng([self.seed, int(step), int(r)])
+            rng = np.random.default_rng([*self.seed, int(step), int(r)])
             domain = min(int(np.searchsorted(cdf, rng.random(), side="right")), len(cdf) - 1)
             for name, value in self._row(rng, domain).items():
                 out[name].append(value)

@@ -37,6 +37,9 @@ class TrainConfig:
     batch_size: int = 16
     sequence_length: int = 128
     seed: int = 0
+    # A named stream (the pipeline's stages: reference, proxy, main) draws its data and
+    # initialisation from (seed, hash of the name): stages sharing SEED see unrelated data.
+    stream: str = ""
     microbatches: int = 1
     log_every: int = 10  # progress line; metrics.jsonl gets every step
     eval_every: int = 0  # 0: evaluate at the end only
@@ -62,7 +65,7 @@ class DroConfig:
     reference_workdir: str | None = None
     reference_model: TransformerConfig | None = None  # None: same as the proxy
     accumulation: str = "exact"  # with microbatches > 1: exact | fast
-    early_stop_tolerance: float = 0.0  # stop when ‖ᾱ_t − ᾱ_{t−window}‖∞ < tolerance
+    early_stop_tolerance: float = 0.0  # stop when ‖mean of the last window's α_t − ᾱ_t‖∞ < tolerance
     early_stop_window: int = 0
 
 
@@ -226,6 +229,7 @@ def init_state(model_cfg, tx, weights, rng, mesh, rules, weight_tx):
             domain_weights=alpha,
             dro_state=weight_tx.init(alpha),
             nonfinite_steps=jnp.zeros([], jnp.int32),
+            excess_estimate=-jnp.ones_like(alpha),  # < 0: not seen yet (dro.carry_absent_domains)
         )
 
     _, param_shardings = abstract_params(model_cfg, mesh, rules)
@@ -392,6 +396,7 @@ def train(
         "batch_size": config.batch_size,
         "sequence_length": config.sequence_length,
         "seed": config.seed,
+        "stream": config.stream,
         "learning_rate": optimizer.learning_rate,
         "sampling_weights": np.round(np.asarray(fixed_sampling, np.float64), 8).tolist(),
     }
@@ -428,7 +433,10 @@ def train(
     transformer = Transformer(model)
     tx = make_optimizer(optimizer, config.train_steps)
     weight_tx = dro.multiplicative_weights(doremi.learning_rate, doremi.smoothing)
+    seed_words = sampler_lib.stream_seed(config.seed, config.stream)
     rng = jax.random.PRNGKey(config.seed)
+    if config.stream:
+        rng = jax.random.fold_in(rng, seed_words[1])
     state, state_shardings, param_shardings = init_state(
         model, tx, alpha0, rng, device_mesh, mesh.rules, weight_tx
     )
@@ -470,7 +478,7 @@ def train(
     )
 
     sampler = sampler_lib.MixtureSampler(
-        corpus.streams["train"], config.sequence_length, config.seed, data.packing
+        corpus.streams["train"], config.sequence_length, seed_words, data.packing
     )
     rows = sharding.local_batch_rows(device_mesh, config.batch_size)
     live_rates = run == "doremi" and doremi.mode == "resample"
@@ -482,7 +490,7 @@ def train(
     writer = metrics_lib.MetricWriter(workdir, domains, enabled=primary, tensorboard=config.tensorboard)
     tokens_per_step = config.batch_size * config.sequence_length
     summary: dict[str, Any] = {"start_step": start, "stopped": "finished"}
-    avg_history: list[np.ndarray] = []
+    alpha_history: list[np.ndarray] = []  # α_t of the early-stop window
 
     # --- The loop.
     with sharding.activate(device_mesh, mesh.rules), _Preemption() as preemption:
@@ -516,9 +524,11 @@ def train(
                 if downstream_eval:
                     writer.write(step, downstream_lib.scalars(downstream_eval(state.params)))
             if run == "doremi" and doremi.early_stop_window:
-                avg_history.append(np.asarray(step_metrics["average_domain_weights"]))
-                w = doremi.early_stop_window
-                if len(avg_history) > w and np.max(np.abs(avg_history[-1] - avg_history[-1 - w])) < doremi.early_stop_tolerance:
+                alpha_history.append(np.asarray(step_metrics["domain_weights"]))
+                alpha_history = alpha_history[-doremi.early_stop_window:]
+                if len(alpha_history) == doremi.early_stop_window and dro.early_stop_reached(
+                    alpha_history, step_metrics["average_domain_weights"], doremi.early_stop_tolerance, step
+                ):
                     summary["stopped"] = "early_stop"
                     summary["steps_saved"] = config.train_steps - step
                     break

@@ -19,7 +19,8 @@ class TrainState:
 
     domain_weights: α_t, float32[k]. In a DoReMi run the DRO weights; in a plain LM run
     the (fixed) sampling weights. dro_state: the multiplicative-weights state (ᾱ lives
-    in `dro_state.average`). nonfinite_steps: consecutive skipped steps.
+    in `dro_state.average`). nonfinite_steps: consecutive skipped steps. excess_estimate:
+    λ of the domains absent from a resample-mode batch (their last one).
     """
 
     step: jax.Array
@@ -29,6 +30,7 @@ class TrainState:
     domain_weights: jax.Array
     dro_state: dro.MultiplicativeWeightsState
     nonfinite_steps: jax.Array
+    excess_estimate: jax.Array  # float32[k]: each domain's last λ (resample mode)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -150,6 +150,8 @@ def doremi_step(
 
     def update_weights(exc_sums):
         lam = exc_sums / jnp.maximum(counts, 1.0)
+        if mode == "resample":
+            lam = dro.carry_absent_domains(lam, counts, state.excess_estimate)
         updates, dro_state = weight_tx.update(lam, state.dro_state, state.domain_weights)
         return lam, optax.apply_updates(state.domain_weights, updates), dro_state
 
@@ -194,7 +196,7 @@ def doremi_step(
 
     lam_ok = jnp.all(jnp.isfinite(lam)) & jnp.all(jnp.isfinite(alpha))
     new_state, grad_norm, ok = _finish(
-        state, grads, loss, tx, lam_ok, domain_weights=alpha, dro_state=dro_state
+        state, grads, loss, tx, lam_ok, domain_weights=alpha, dro_state=dro_state, excess_estimate=lam
     )
     denom = jnp.maximum(counts, 1.0)
     metrics = {

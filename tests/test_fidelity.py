@@ -1,0 +1,96 @@
+"""Details that bias λ: the proxy's data stream, absent domains in resample mode, early stop."""
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from doremi_jax import config, dro
+from doremi_jax.data.corpus import TokenStream
+from doremi_jax.data.sampler import MixtureSampler, stream_seed
+
+
+def stage_stream(run_file):
+    config.parse([], [], [run_file], ["REFERENCE_DIR = 'x'"] if "proxy" in run_file else [], model_dir="x")
+    return config.query("TrainConfig.stream"), config.query("%SEED")
+
+
+def windows(sampler, weights, steps=200, rows=16):
+    """(step, row) -> (domain, first target token's window start) of every sampled row."""
+    out = {}
+    for step in range(steps):
+        batch = sampler.batch(step, range(rows), weights)
+        for r in range(rows):
+            out[(step, r)] = (int(batch["domain_ids"][r, 0]), batch["decoder_input_tokens"][r, :16].tobytes())
+    return out
+
+
+def test_the_proxy_does_not_read_the_references_windows():
+    rng = np.random.default_rng(0)
+    streams = [TokenStream(rng.integers(3, 259, 20_000).astype(np.int32), np.zeros(1, np.int64), 20_000) for _ in range(3)]
+    natural, uniform = np.array([0.6, 0.3, 0.1]), np.full(3, 1 / 3)
+    (ref_stream, seed), (proxy_stream, _) = stage_stream("gin/runs/reference.gin"), stage_stream("gin/runs/proxy.gin")
+    assert ref_stream != proxy_stream
+    reference = windows(MixtureSampler(streams, 64, stream_seed(seed, ref_stream)), natural)
+    proxy = windows(MixtureSampler(streams, 64, stream_seed(seed, proxy_stream)), uniform)
+    same_place = sum(reference[key] == proxy[key] for key in reference)
+    anywhere = len(set(reference.values()) & set(proxy.values()))
+    # Chance level: two unrelated seeds overlap about as much (a few windows anywhere,
+    # none at the same step and row); one shared stream reads the same window whenever
+    # the domain draws agree (about a third of the rows here).
+    other = windows(MixtureSampler(streams, 64, (123,)), uniform)
+    chance = len(set(reference.values()) & set(other.values()))
+    shared = windows(MixtureSampler(streams, 64, stream_seed(seed)), uniform)
+    shared_ref = windows(MixtureSampler(streams, 64, stream_seed(seed)), natural)
+    assert sum(shared_ref[key] == shared[key] for key in shared) > 0.2 * len(shared)
+    assert same_place <= 2
+    assert anywhere <= max(3 * chance, 10)
+
+
+def simulate(carry: bool, steps=300, rows=8, seed=0):
+    """Resample-mode DoReMi on synthetic losses: domain 0 has a large excess (1.0), the
+    others a small one (0.2), and starts rare (α_0[0] = 0.02)."""
+    k = 4
+    rng = np.random.default_rng(seed)
+    tx = dro.multiplicative_weights(1.0, 1e-3)
+    alpha = jnp.asarray([0.02, 0.98 / 3, 0.98 / 3, 0.98 / 3], jnp.float32)
+    state, estimate = tx.init(alpha), -jnp.ones(k)
+    true_excess = np.array([1.0, 0.2, 0.2, 0.2])
+    for _ in range(steps):
+        p = np.asarray(alpha, np.float64)
+        ids = rng.choice(k, size=rows, p=p / p.sum())
+        ids = np.repeat(ids[:, None], 4, axis=1)
+        ref = np.zeros(ids.shape, np.float32)
+        proxy = (true_excess[ids] + rng.normal(0, 0.05, ids.shape)).astype(np.float32)
+        mask = np.ones(ids.shape, np.float32)
+        lam = dro.domain_excess_losses(jnp.asarray(proxy), jnp.asarray(ref), jnp.asarray(ids), jnp.asarray(mask), k)
+        _, counts = dro.domain_sums(jnp.asarray(mask), jnp.asarray(ids), jnp.asarray(mask), k)
+        if carry:
+            lam = dro.carry_absent_domains(lam, counts, estimate)
+            estimate = lam
+        updates, state = tx.update(lam, state, alpha)
+        alpha = optax.apply_updates(alpha, updates)
+    return np.asarray(alpha)
+
+
+def test_a_starved_domain_with_a_large_excess_gets_its_weight_back():
+    for seed in range(3):
+        assert simulate(carry=True, seed=seed)[0] > 0.9
+        # λ = 0 whenever it is absent: pushed to the floor and kept there.
+        assert simulate(carry=False, seed=seed)[0] < 0.01
+
+
+def test_early_stop_waits_for_the_weights_not_for_the_average():
+    k, window = 3, 50
+    steps = np.arange(1, 2001)
+    # α_t drifting slowly but steadily: the old criterion (ᾱ over a window) says "settled".
+    drift = np.stack([0.2 + 0.4 * steps / steps[-1], 0.5 - 0.2 * steps / steps[-1], 0.3 - 0.2 * steps / steps[-1]], 1)
+    average = np.cumsum(drift, 0) / steps[:, None]
+    assert np.max(np.abs(average[-1] - average[-1 - window])) < 0.01
+    assert not dro.early_stop_reached(drift[-window:], average[-1], 0.01, len(steps))
+    # α_t settled long ago: the window's mean and ᾱ agree.
+    settled = np.tile([0.5, 0.3, 0.2], (len(steps), 1))
+    settled[:100] = 1 / k
+    average = np.cumsum(settled, 0) / steps[:, None]
+    assert dro.early_stop_reached(settled[-window:], average[-1], 0.01, len(steps))
+    # At step w the window's mean is ᾱ itself: too early to tell.
+    assert not dro.early_stop_reached(drift[:window], np.mean(drift[:window], 0), 0.01, window)
