@@ -7,6 +7,11 @@ token ids with documents separated by EOS (id 1), or `<split>*.tfrecord` /
 Each domain's split is tokenized once into a `TokenStream` (documents concatenated,
 each followed by EOS) and cached as `.npy` under the cache directory, keyed by the
 files' names, sizes and modification times and by the vocabulary.
+
+Local token arrays (a domain's `.tokens.npy`, the cache) are memory-mapped, never read
+whole: start-up reads only a small index (document starts, cached after one chunked
+pass), and training touches only the windows it samples, so a host's memory does not
+grow with the corpus.
 """
 
 from __future__ import annotations
@@ -50,11 +55,11 @@ class TokenStream:
         for start, end in zip(self.doc_starts, ends):
             yield self.tokens[start:end]
 
-    def doc_index(self) -> np.ndarray:
-        """Document number of every token, int32[n]."""
-        marks = np.zeros(self.num_tokens, np.int32)
-        marks[self.doc_starts[1:]] = 1
-        return np.cumsum(marks, dtype=np.int32)
+    def doc_numbers(self, start: int, stop: int) -> np.ndarray:
+        """Document number of the tokens start..stop-1, int32[stop - start] (from the
+        document starts: no per-token array over the whole stream)."""
+        positions = np.arange(start, stop, dtype=np.int64)
+        return (np.searchsorted(self.doc_starts, positions, side="right") - 1).astype(np.int32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,24 +168,89 @@ def _fingerprint(files: Sequence[str], vocab, text_field: str) -> str:
     return h.hexdigest()[:20]
 
 
-def load_pretokenized(path: str, domain: str, vocab) -> TokenStream:
+# Token ids read per chunk by the one pass that indexes a memory-mapped array.
+_INDEX_CHUNK = 1 << 22
+
+
+def _scan_index(path: str, vocab) -> tuple[np.ndarray, int, int]:
+    """Document starts and the id range of a token array, read in chunks through the
+    file (not through the map, whose pages would count against this process)."""
+    header = np.load(path, mmap_mode="r")
+    dtype, n, offset = header.dtype, header.shape[0], header.offset
+    del header
+    starts, low, high = [np.zeros(1, np.int64)], 0, 0
+    with open(path, "rb") as f:
+        f.seek(offset)
+        for begin in range(0, n, _INDEX_CHUNK):
+            count = min(_INDEX_CHUNK, n - begin)
+            chunk = np.frombuffer(f.read(count * dtype.itemsize), dtype)
+            low, high = min(low, int(chunk.min())), max(high, int(chunk.max()))
+            ends = np.flatnonzero(chunk == vocab.eos_id) + begin + 1
+            starts.append(ends[ends < n].astype(np.int64))
+    return np.concatenate(starts), low, high
+
+
+def load_pretokenized(path: str, domain: str, vocab, cache_dir: str | None = None) -> TokenStream:
+    """A `.tokens.npy` array: memory-mapped where local (its document index cached after
+    one pass), read whole from a remote store."""
+    local = not fileio.is_remote(path)
     try:
-        with fileio.open_file(path, "rb") as f:
-            tokens = np.load(io.BytesIO(f.read()), allow_pickle=False)
+        if local:
+            tokens = np.load(path, mmap_mode="r", allow_pickle=False)
+        else:
+            with fileio.open_file(path, "rb") as f:
+                tokens = np.load(io.BytesIO(f.read()), allow_pickle=False)
     except (OSError, ValueError) as e:
         raise CorpusError(f"domain {domain!r}: cannot read {path!r} ({e})") from None
     if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
         raise CorpusError(f"domain {domain!r}: {path!r} must be a 1-D integer array of token ids")
-    if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab.vocab_size):
+    if not tokens.size:
+        return TokenStream(tokens, np.zeros(0, np.int64), 0)
+    if local:
+        key = hashlib.sha256(f"{_fingerprint([path], vocab, 'index')}|{vocab.eos_id}".encode()).hexdigest()[:20]
+        index = os.path.join(cache_dir or default_cache_dir(), "index", f"{key}.npz")
+        if os.path.exists(index):
+            with np.load(index) as z:
+                starts, low, high = z["doc_starts"], int(z["low"]), int(z["high"])
+        else:
+            starts, low, high = _scan_index(path, vocab)
+            os.makedirs(os.path.dirname(index), exist_ok=True)
+            tmp = f"{index}.tmp-{os.getpid()}.npz"
+            np.savez(tmp, doc_starts=starts, low=low, high=high)
+            os.replace(tmp, index)
+    else:
+        tokens = tokens.astype(np.int32)
+        low, high = int(tokens.min()), int(tokens.max())
+        ends = np.flatnonzero(tokens == vocab.eos_id) + 1
+        starts = np.r_[0, ends[ends < tokens.size]].astype(np.int64)
+    if low < 0 or high >= vocab.vocab_size:
         raise CorpusError(
             f"domain {domain!r}: {path!r} has ids outside the vocabulary [0, {vocab.vocab_size})"
         )
-    tokens = tokens.astype(np.int32)
-    ends = np.flatnonzero(tokens == vocab.eos_id)
-    starts = np.r_[0, ends[:-1] + 1] if ends.size else np.zeros(1, np.int64)
-    starts = starts[starts < tokens.size].astype(np.int64)
     # No text to count: a token stands for one byte in bits-per-byte.
     return TokenStream(tokens, starts, int(tokens.size))
+
+
+def _save_stream(folder: str, name: str, stream: TokenStream) -> None:
+    """The cache of a tokenized split: two `.npy` arrays (memory-mapped when read) and
+    its byte count; the byte count is written last and marks the entry complete."""
+    os.makedirs(folder, exist_ok=True)
+    for field in ("tokens", "doc_starts"):
+        tmp = os.path.join(folder, f"{name}.{field}.tmp-{os.getpid()}.npy")
+        np.save(tmp, getattr(stream, field))
+        os.replace(tmp, os.path.join(folder, f"{name}.{field}.npy"))
+    fileio.write_text_atomic(os.path.join(folder, f"{name}.json"), json.dumps({"num_bytes": stream.num_bytes}))
+
+
+def _load_cached_stream(folder: str, name: str) -> TokenStream | None:
+    done = os.path.join(folder, f"{name}.json")
+    if not os.path.exists(done):
+        return None
+    return TokenStream(
+        np.load(os.path.join(folder, f"{name}.tokens.npy"), mmap_mode="r"),
+        np.load(os.path.join(folder, f"{name}.doc_starts.npy")),
+        int(json.loads(open(done).read())["num_bytes"]),
+    )
 
 
 def load_stream(
@@ -198,7 +268,7 @@ def load_stream(
         raise CorpusError(f"domain {domain!r}: folder {folder!r} does not exist")
     pretokenized = os.path.join(folder, f"{split}.tokens.npy")
     if fileio.exists(pretokenized):
-        stream = load_pretokenized(pretokenized, domain, vocab)
+        stream = load_pretokenized(pretokenized, domain, vocab, cache_dir)
         if stream.num_tokens == 0:
             raise CorpusError(f"domain {domain!r}: {pretokenized!r} is empty")
         return stream
@@ -213,21 +283,17 @@ def load_stream(
         raise CorpusError(f"domain {domain!r}: {folder!r} mixes text files and record shards for {split}")
     key = _fingerprint(files, vocab, text_field) if files else _fingerprint(shards, vocab, f"records:{record_feature}")
     cache = os.path.join(cache_dir or default_cache_dir(), "tokens", key)
-    path = os.path.join(cache, f"{domain}.{split}.npz")
-    if os.path.exists(path):
-        with np.load(path) as z:
-            return TokenStream(z["tokens"], z["doc_starts"], int(z["num_bytes"]))
+    cached = _load_cached_stream(cache, f"{domain}.{split}")
+    if cached is not None:
+        return cached
     if files:
         stream = tokenize_files(files, vocab, text_field, on_decode_error)
     else:
         stream = records.load_shards(shards, vocab, domain, record_feature)
     if stream.num_tokens == 0:
         raise CorpusError(f"domain {domain!r}: the {split} split in {folder!r} is empty")
-    os.makedirs(cache, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.npz"
-    np.savez(tmp, tokens=stream.tokens, doc_starts=stream.doc_starts, num_bytes=stream.num_bytes)
-    os.replace(tmp, path)
-    return stream
+    _save_stream(cache, f"{domain}.{split}", stream)
+    return _load_cached_stream(cache, f"{domain}.{split}")
 
 
 def load_corpus(

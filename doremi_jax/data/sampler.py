@@ -53,7 +53,6 @@ class MixtureSampler:
         self.sequence_length = sequence_length
         self.seed = (int(seed),) if isinstance(seed, (int, np.integer)) else tuple(int(s) for s in seed)
         self.packing = packing
-        self._doc_index = [s.doc_index() for s in self.streams]
         for d, s in enumerate(self.streams):
             if s.num_tokens < 2:
                 raise ValueError(f"domain #{d} has {s.num_tokens} tokens: too few to sample")
@@ -76,7 +75,7 @@ class MixtureSampler:
                 else stream.num_tokens
             )
             span = min(length + 1, end - start)
-        return window(stream.tokens, self._doc_index[domain], start, span, length)
+        return window(stream, start, span, length)
 
     def batch(self, step: int, rows: Sequence[int], weights: np.ndarray) -> dict[str, np.ndarray]:
         """The given global rows of step `step`'s batch, sampled by `weights` (float[k])."""
@@ -92,10 +91,11 @@ class MixtureSampler:
         return {name: np.stack(v) for name, v in out.items()}
 
 
-def window(tokens, doc_index, start: int, span: int, length: int) -> dict[str, np.ndarray]:
-    """Inputs/targets of `tokens[start:start+span]`, padded to `length`."""
-    chunk = tokens[start : start + span]
-    docs = doc_index[start : start + span]
+def window(stream: TokenStream, start: int, span: int, length: int) -> dict[str, np.ndarray]:
+    """Inputs/targets of the stream's tokens start..start+span-1, padded to `length`
+    (reads only those tokens: the stream may be memory-mapped)."""
+    chunk = np.asarray(stream.tokens[start : start + span])
+    docs = stream.doc_numbers(start, start + span)
     n = span - 1
     inputs = np.zeros(length, np.int32)
     targets = np.zeros(length, np.int32)
@@ -130,12 +130,11 @@ def eval_batches(
     one domain at a time and are padded with all-zero rows (loss weight 0).
     """
     for domain, stream in enumerate(streams):
-        doc_index = stream.doc_index()
         limit = min(stream.num_tokens, max_tokens + 1)
         rows = []
         for start in range(0, limit - 1, sequence_length):
             span = min(sequence_length + 1, limit - start)
-            row = window(stream.tokens, doc_index, start, span, sequence_length)
+            row = window(stream, start, span, sequence_length)
             row["domain_ids"] = np.full(sequence_length, domain, np.int32)
             rows.append(row)
             if len(rows) == batch_size:
