@@ -6,7 +6,8 @@ Writes, per size, a two-domain corpus of pre-tokenized `train.tokens.npy` (rando
 ids, an EOS about every 500 tokens; int32, half the size per domain), then runs
 `python -m doremi_jax.train` on it twice (3 steps of the tiny model): the first start
 builds the document index (one chunked pass over the files), the second reads it from
-the cache. Prints one JSON line per run: peak RSS of the process (ru_maxrss), the time
+the cache. Prints one JSON line per run: peak RSS of the process (VmHWM: ru_maxrss would
+include this parent's high-water mark, which Linux carries across fork and exec), the time
 from start to the first step line, and the wall time of the run.
 """
 
@@ -25,11 +26,11 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHILD = (
-    "import resource, sys\n"
+    "import sys\n"
     "from doremi_jax import cli\n"
     "from doremi_jax.train import __main__ as entry\n"
     "cli.main(entry.run, sys.argv[1:])\n"
-    "print('PEAK_RSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)\n"
+    "print('PEAK_RSS_KIB', open('/proc/self/status').read().split('VmHWM:')[1].split()[0], flush=True)\n"
 )
 
 

@@ -73,17 +73,40 @@ class MetricWriter:
             self._tb = None
 
 
+def _parse_rows(path: str) -> list[dict]:
+    """The rows of a metrics.jsonl; a torn line (a run killed mid-write) is dropped with
+    a warning."""
+    rows = []
+    with fileio.open_file(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                logging.warning("%s:%d: torn metrics line dropped", path, lineno)
+    return rows
+
+
+def truncate_metrics(workdir: str, step: int) -> None:
+    """Keep only the rows up to `step` (the checkpoint a run resumes from): the steps
+    after it are trained again, and each step's row must come from the parameters the
+    run ends with. Atomic; process 0 only calls it."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not fileio.exists(path):
+        return
+    rows = [r for r in _parse_rows(path) if isinstance(r, dict) and r.get("step", step + 1) <= step]
+    fileio.write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
 def read_metrics(workdir: str) -> list[dict]:
     """The rows of a run's metrics.jsonl; on resume the last row of each step wins."""
     path = os.path.join(workdir, "metrics.jsonl")
     if not fileio.exists(path):
         return []
     rows: dict[tuple, dict] = {}
-    with fileio.open_file(path) as f:
-        for line in f:
-            if line.strip():
-                row = json.loads(line)
-                rows[(row["step"], tuple(sorted(row)))] = row
+    for row in _parse_rows(path):
+        rows[(row["step"], tuple(sorted(row)))] = row
     return sorted(rows.values(), key=lambda r: r["step"])
 
 

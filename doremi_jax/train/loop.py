@@ -487,6 +487,9 @@ def train(
         local = sampler.batch(step, rows, weights)
         return sharding.make_global_batch(device_mesh, local, config.batch_size)
 
+    if primary:
+        # Rows past the checkpoint (a killed run's last steps) are trained again below.
+        metrics_lib.truncate_metrics(workdir, start)
     writer = metrics_lib.MetricWriter(workdir, domains, enabled=primary, tensorboard=config.tensorboard)
     tokens_per_step = config.batch_size * config.sequence_length
     summary: dict[str, Any] = {"start_step": start, "stopped": "finished"}
@@ -533,6 +536,9 @@ def train(
                     summary["steps_saved"] = config.train_steps - step
                     break
             if step % config.checkpoint_every == 0 or preemption.requested:
+                # This step's row first: a run resumed from this checkpoint starts after it.
+                _record(writer, *pending, summary, config.max_nonfinite_steps, ckpt)
+                pending = None
                 ckpt.save(step, state, force=preemption.requested)
             if preemption.requested:
                 summary["stopped"] = "preempted"
