@@ -39,6 +39,6 @@ setuptools.setup(
     extras_require={
         # The accelerator image has only the JAX side: `pip install --no-deps -e .`
         # there, plus gin-config and ml_collections; bench runs on that alone.
-        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"],
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "pytest-timeout>=2.3,<3"],
     },
 )

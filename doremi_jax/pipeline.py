@@ -158,6 +158,7 @@ def run_pipeline(
     baseline_weights: str = "natural",
     max_rounds: int = 1,
     tolerance: float = 1e-3,
+    main_seeds: Sequence[int] = (),
     command_line: CommandLine = CommandLine(),
     config_text: str | None = None,
 ) -> dict[str, Any]:
@@ -166,7 +167,10 @@ def run_pipeline(
     link the stages (REFERENCE_WEIGHTS, REFERENCE_DIR, MIXTURE_WEIGHTS), and
     `command_line` (the entry's `--gin_file`s and `--gin.` flags) comes after them.
     `config_text` (the pipeline's parsed gin) is written to workdir/pipeline.gin once
-    every stage's gin has parsed."""
+    every stage's gin has parsed. `main_seeds`: with two or more, both main models are
+    trained once per seed (folders main_doremi_seed<s>, main_baseline_seed<s>) and the
+    comparison gives the mean and spread over seeds; empty (default), one pair with the
+    runs' own SEED."""
     common = list(common_bindings)
 
     def reference_stage(k, weights, upstream):
@@ -177,9 +181,10 @@ def run_pipeline(
         return Stage(workdir, f"round_{k}/proxy", "proxy", proxy_gin,
                      [*common, *proxy_bindings, f"REFERENCE_DIR = '{reference_dir}'"], command_line, upstream)
 
-    def main_stage(name, weights, upstream):
-        return Stage(workdir, name, "main", main_gin, [*common, *main_bindings, f"MIXTURE_WEIGHTS = '{weights}'"],
-                     command_line, upstream)
+    def main_stage(name, weights, upstream, seed=None):
+        seeded = [] if seed is None else [f"TrainConfig.seed = {seed}", f"DownstreamConfig.seed = {seed}"]
+        return Stage(workdir, name, "main", main_gin,
+                     [*common, *main_bindings, f"MIXTURE_WEIGHTS = '{weights}'", *seeded], command_line, upstream)
 
     # Every stage's configuration is checked before anything is written.
     _check_command_line(
@@ -221,20 +226,32 @@ def run_pipeline(
     weights_lib.write_weights(final, domains, [rounds[-1]["average_domain_weights"][d] for d in domains])
     _write_json(os.path.join(workdir, "rounds.json"), rounds)
 
-    doremi_stage = main_stage("main_doremi", final, _file_hash(final))
-    doremi_summary, _ = doremi_stage.run()
-    baseline_stage = main_stage("main_baseline", baseline_weights, "baseline")
-    baseline_summary, _ = baseline_stage.run()
+    seeds = [int(x) for x in main_seeds] if len(main_seeds) > 1 else [None]
+    per_seed = []
+    for seed in seeds:
+        suffix = "" if seed is None else f"_seed{seed}"
+        doremi_stage = main_stage(f"main_doremi{suffix}", final, _file_hash(final), seed)
+        doremi_summary, _ = doremi_stage.run()
+        baseline_stage = main_stage(f"main_baseline{suffix}", baseline_weights, "baseline", seed)
+        baseline_summary, _ = baseline_stage.run()
+        pair = report.compare(doremi_stage.workdir, baseline_stage.workdir, doremi_summary, baseline_summary)
+        pair["seed"] = seed
+        per_seed.append((pair, doremi_stage.workdir, baseline_stage.workdir))
 
-    baseline = _weights_of(baseline_stage.workdir, domains)
-    evaluation = report.compare(doremi_stage.workdir, baseline_stage.workdir, doremi_summary, baseline_summary)
+    evaluation, doremi_dir, baseline_dir = per_seed[0]
+    baseline = _weights_of(baseline_dir, domains)
     evaluation["baseline_weights"] = dict(zip(domains, baseline.tolist()))
     evaluation["doremi_weights"] = rounds[-1]["average_domain_weights"]
+    if len(per_seed) > 1:
+        evaluation["per_seed"] = [pair for pair, _, _ in per_seed]
+        evaluation["across_seeds"] = report.across_seeds(evaluation["per_seed"])
     _write_json(os.path.join(workdir, "eval.json"), evaluation)
     if jax.process_index() == 0:
-        report.write_report(workdir, rounds, evaluation, doremi_stage.workdir, baseline_stage.workdir)
+        report.write_report(workdir, rounds, evaluation, doremi_dir, baseline_dir)
         print(report.weights_table(domains, baseline, rounds[-1]["average_domain_weights"]))
         print(report.eval_table(evaluation))
+        if evaluation.get("across_seeds"):
+            print(report.seeds_table(evaluation["across_seeds"]))
         if evaluation.get("downstream"):
             print(report.downstream_table(evaluation["downstream"]))
         print(f"report: {os.path.join(workdir, 'report.md')}", flush=True)

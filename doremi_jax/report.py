@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 
 from doremi_jax import fileio, metrics
 
@@ -73,6 +74,78 @@ def compare(doremi_dir: str, baseline_dir: str, doremi_summary: Mapping, baselin
             doremi_dir, baseline_dir, doremi_summary["downstream"], baseline_summary["downstream"]
         )
     return result
+
+
+def _spread(values: Sequence[float]) -> dict[str, Any]:
+    v = np.asarray(values, np.float64)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "values": v.tolist()}
+
+
+def across_seeds(per_seed: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Mean and spread over the main models' seeds (each seed a DoReMi/baseline pair
+    trained with the same seed): per domain, for the average and the worst case, of
+    each run and of their paired difference. The spread is the sample standard
+    deviation over seeds; a domain counts as improved (or worse) only when its mean
+    difference exceeds its spread; the speedup is given with its range."""
+    domains = per_seed[0]["domains"]
+
+    def triple(get):
+        d = [get(e["doremi"]) for e in per_seed]
+        b = [get(e["baseline"]) for e in per_seed]
+        return {"doremi": _spread(d), "baseline": _spread(b), "change": _spread(np.subtract(d, b))}
+
+    per_domain = {dom: triple(lambda r, dom=dom: r["log_perplexity"][dom]) for dom in domains}
+    speedups = [e.get("speedup") for e in per_seed]
+    reached = [x for x in speedups if x]
+    return {
+        "seeds": [e["seed"] for e in per_seed],
+        "log_perplexity": per_domain,
+        "average": triple(lambda r: r["average"]),
+        "worst": triple(lambda r: r["worst"]["log_perplexity"]),
+        "improved": [d for d, t in per_domain.items() if t["change"]["mean"] < -t["change"]["std"]],
+        "worse": [d for d, t in per_domain.items() if t["change"]["mean"] > t["change"]["std"]],
+        "speedup": {"values": speedups, "min": min(reached) if reached else None, "max": max(reached) if reached else None,
+                    "seeds_reaching_baseline": len(reached)},
+    }
+
+
+def _verdict(name: str, change: Mapping[str, Any]) -> str:
+    mean, std = change["mean"], change["std"]
+    if mean < -std:
+        word = "lower than the baseline's, beyond the spread over seeds"
+    elif mean > std:
+        word = "higher than the baseline's, beyond the spread over seeds"
+    else:
+        word = "within the spread over seeds of the baseline's: not distinguishable from noise"
+    return f"DoReMi's {name} log-perplexity is {word} ({mean:+.4f} ± {std:.4f} nats)."
+
+
+def seeds_table(summary: Mapping[str, Any]) -> str:
+    n = len(summary["seeds"])
+    lines = [f"Mean ± standard deviation over {n} seeds ({', '.join(map(str, summary['seeds']))}); the change is "
+             "paired by seed.", "",
+             "| domain | baseline log-ppl | DoReMi log-ppl | change |", "|---|---:|---:|---:|"]
+
+    def row(name, t):
+        b, d, c = t["baseline"], t["doremi"], t["change"]
+        return f"| {name} | {b['mean']:.4f} ± {b['std']:.4f} | {d['mean']:.4f} ± {d['std']:.4f} | {c['mean']:+.4f} ± {c['std']:.4f} |"
+
+    lines += [row(dom, t) for dom, t in summary["log_perplexity"].items()]
+    lines += [row("**average**", summary["average"]), row("**worst**", summary["worst"]), ""]
+    k = len(summary["log_perplexity"])
+    lines.append(f"Domains improved beyond the spread: {len(summary['improved'])} of {k}"
+                 + (f" ({', '.join(summary['improved'])})" if summary["improved"] else "")
+                 + f"; worse beyond the spread: {len(summary['worse'])}"
+                 + (f" ({', '.join(summary['worse'])})" if summary["worse"] else "") + ".")
+    lines.append(_verdict("average", summary["average"]["change"]))
+    lines.append(_verdict("worst-case", summary["worst"]["change"]))
+    sp = summary["speedup"]
+    if sp["seeds_reaching_baseline"]:
+        lines.append(f"Speedup to the baseline's final average log-perplexity: {sp['min']:.2f}x to {sp['max']:.2f}x "
+                     f"({sp['seeds_reaching_baseline']} of {n} seeds reach it).")
+    else:
+        lines.append("DoReMi did not reach the baseline's final average log-perplexity with any seed.")
+    return "\n".join(lines)
 
 
 def weights_table(domains: Sequence[str], baseline, doremi: Mapping[str, float]) -> str:
@@ -197,6 +270,9 @@ def write_report(workdir: str, rounds: list[dict], evaluation: Mapping[str, Any]
         "![average log-perplexity over training](average_log_perplexity.png)",
         "",
     ]
+    if evaluation.get("across_seeds"):
+        lines[lines.index("## Main models: DoReMi weights vs baseline weights")] += f" (seed {evaluation['seed']})"
+        lines += ["## Main models over seeds", "", seeds_table(evaluation["across_seeds"]), ""]
     downstream = evaluation.get("downstream") or {}
     if downstream:
         lines += ["## Downstream accuracy (greedy decoding)", "", downstream_table(downstream), ""]

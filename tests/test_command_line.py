@@ -45,6 +45,7 @@ def summary(workdir, stage):
     return json.load(open(os.path.join(workdir, stage, "summary.json")))
 
 
+@pytest.mark.slow
 def test_pipeline_on_a_folder_corpus_from_the_command_line(tmp_path):
     data = write_three_domain_corpus(str(tmp_path / "corpus"))
     workdir = str(tmp_path / "w")
@@ -79,6 +80,7 @@ def test_pipeline_on_a_folder_corpus_from_the_command_line(tmp_path):
     assert "0.25" not in open(os.path.join(workdir, "main_doremi/config.gin")).read()
 
 
+@pytest.mark.slow
 def test_pile_experiment_as_the_tpu_launcher_runs_it(tmp_path):
     from doremi_jax.data import vocab
 

@@ -185,7 +185,7 @@ def _mock_as_dataset(self, split, **kwargs):
 
 @pytest.fixture
 def mock_tfds():
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds
     with tfds.testing.mock_data(as_dataset_fn=_mock_as_dataset):
         yield
 
@@ -324,7 +324,6 @@ def test_trainer_runs_a_oneshot_task_with_the_real_model(repetitive_run, mock_tf
 
 
 def test_task_names_match_the_registered_tasks():
-    pytest.importorskip("seqio")
     from doremi_jax.data import oneshot_tasks
 
     assert tuple(oneshot_tasks.SPECS) == downstream.ONESHOT_TASKS

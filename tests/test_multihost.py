@@ -16,6 +16,8 @@ from doremi_jax.train import loop
 from conftest import REPO
 from helpers import TINY
 
+pytestmark = pytest.mark.slow  # subprocess runs: see pytest.ini for the fast tier
+
 COMMON = ["--gin_file=gin/models/tiny.gin", "--gin.BATCH_SIZE=8", "--gin.SEQUENCE_LENGTH=64",
           "--gin.TrainConfig.eval_tokens_per_domain=512"]
 

@@ -7,13 +7,15 @@ import pytest
 
 from doremi_jax import pipeline
 
+pytestmark = pytest.mark.slow  # subprocess runs: see pytest.ini for the fast tier
+
 STAGES = ["round_1/reference", "round_1/proxy", "round_2/reference", "round_2/proxy", "main_doremi", "main_baseline"]
 TINY = ["gin/models/tiny.gin"]
 COMMON = ["BATCH_SIZE = 8", "SEQUENCE_LENGTH = 64", "TRAIN_STEPS = 16", "WARMUP_STEPS = 4",
           "TrainConfig.eval_tokens_per_domain = 1024", "TrainConfig.log_every = 100"]
 
 
-def run(workdir, proxy_bindings=()):
+def run(workdir, proxy_bindings=(), **kwargs):
     return pipeline.run_pipeline(
         str(workdir),
         reference_gin=["gin/runs/reference.gin", *TINY],
@@ -26,6 +28,7 @@ def run(workdir, proxy_bindings=()):
                        "DownstreamConfig.prompt_length = 48", "DownstreamConfig.max_new_tokens = 4"],
         max_rounds=2,
         tolerance=1e-9,  # never converged: both rounds run
+        **kwargs,
     )
 
 
@@ -99,3 +102,26 @@ def test_rerun_skips_and_a_changed_proxy_redoes_what_follows(finished, capsys):
         assert after[stage] > before[stage], stage
     # The baseline does not depend on DoReMi's weights: still skipped.
     assert after["main_baseline"] == before["main_baseline"]
+
+
+def test_several_main_seeds_give_mean_and_spread(finished):
+    workdir, _ = finished
+    evaluation = run(workdir, main_seeds=[0, 1])
+    summary = evaluation["across_seeds"]
+    assert summary["seeds"] == [0, 1] and [e["seed"] for e in evaluation["per_seed"]] == [0, 1]
+    for seed in (0, 1):
+        for name in ("doremi", "baseline"):
+            run_summary = json.load(open(workdir / f"main_{name}_seed{seed}" / "summary.json"))
+            assert evaluation["per_seed"][seed][name] == run_summary["eval"]
+    # The seeds really differ, and the statistics are those of the per-seed results.
+    baseline = [e["baseline"]["average"] for e in evaluation["per_seed"]]
+    assert baseline[0] != baseline[1]
+    assert summary["average"]["baseline"]["mean"] == pytest.approx(sum(baseline) / 2)
+    for dom, t in summary["log_perplexity"].items():
+        changes = [e["doremi"]["log_perplexity"][dom] - e["baseline"]["log_perplexity"][dom] for e in evaluation["per_seed"]]
+        assert t["change"]["values"] == pytest.approx(changes)
+        assert (dom in summary["improved"]) == (t["change"]["mean"] < -t["change"]["std"])
+    report = open(workdir / "report.md").read()
+    assert "## Main models over seeds" in report and "Mean ± standard deviation over 2 seeds" in report
+    assert "DoReMi's average log-perplexity is" in report and "DoReMi's worst-case log-perplexity is" in report
+    assert json.load(open(workdir / "eval.json"))["across_seeds"] == json.loads(json.dumps(summary))

@@ -20,6 +20,8 @@ from doremi_jax.train import loop
 from conftest import REPO
 from helpers import TINY
 
+pytestmark = pytest.mark.slow  # subprocess runs: see pytest.ini for the fast tier
+
 STEPS = 20
 COMMON = ["--gin_file=gin/models/tiny.gin", "--gin.BATCH_SIZE=8", "--gin.SEQUENCE_LENGTH=64",
           f"--gin.TRAIN_STEPS={STEPS}", "--gin.TrainConfig.eval_tokens_per_domain=512",
@@ -61,11 +63,22 @@ def final_state(workdir):
     return params, summary
 
 
-def popen(args):
-    return subprocess.Popen(
+def popen(args, limit_s=600):
+    """The train entry with its stdout piped; killed after `limit_s` so that a read of
+    its stdout can never hang the suite."""
+    proc = subprocess.Popen(
         [sys.executable, "-m", "doremi_jax.train", *args], cwd=REPO, stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL, text=True,
     )
+    watchdog = threading.Timer(limit_s, proc.kill)
+    watchdog.daemon = True
+    watchdog.start()
+    return proc
+
+
+def loss_rows(workdir):
+    rows = (json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl")))
+    return [(r["step"], r["loss"]) for r in rows if "loss" in r]
 
 
 @pytest.mark.parametrize("stage", ["reference", "proxy", "main"])
@@ -95,6 +108,8 @@ def test_sigkill_anywhere_then_resume_is_bit_identical(stage, reference, tmp_pat
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert s2["eval"] == s1["eval"]
+    # The log too: each step once, the row of the run the final parameters came from.
+    assert loss_rows(killed) == loss_rows(clean)
     if stage == "proxy":
         assert s2["average_domain_weights"] == s1["average_domain_weights"]
         assert json.load(open(os.path.join(killed, "domain_weights.json"))) == json.load(open(os.path.join(clean, "domain_weights.json")))

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import REPO
 from doremi_jax.data import corpus as corpus_lib, vocab as vocab_lib
@@ -86,6 +87,7 @@ def peak_rss(data_dir, workdir):
     return int(line.split()[1]) * 1024
 
 
+@pytest.mark.slow
 def test_training_memory_does_not_grow_with_the_corpus(tmp_path):
     big_tokens = 64 << 20  # per domain: 2 x 256 MiB of int32 ids
     for domain, seed in (("a", 0), ("b", 1)):

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-seqio = pytest.importorskip("seqio")
+import seqio  # noqa: E402  (a dependency: a broken install must fail, not skip)
 
 from doremi_jax.data import tasks  # noqa: E402  (registers the demo corpus)
 
@@ -125,7 +125,7 @@ def test_bad_record_shards(tmp_path):
 def test_tfds_dataset_split_by_a_domain_field(tmp_path):
     """A TFDS dataset whose examples carry a nested domain field, one Task per value;
     built from tfds.testing.mock_data with examples the test writes."""
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds
     import tensorflow as tf
 
     rows = [("Pile-CC", "web page one"), ("PubMed Central", "a paper"), ("Pile-CC", "web page two"),
