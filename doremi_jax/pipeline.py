@@ -8,10 +8,14 @@ Iterated DoReMi end to end, each stage a run of the one trainer in its own folde
     main_doremi        the main model on the final ᾱ
     main_baseline      the same model, steps, batch and seed on the baseline weights
 
-then evaluation of both and a report (domain_weights.json, rounds.json, eval.json,
-report.md with PNG plots). Rerunning resumes: a finished stage whose configuration
-(and whose inputs) did not change is skipped; a changed stage and every stage after it
-is redone.
+then evaluation of both (per seed with `run_pipeline.main_seeds`) and a report
+(domain_weights.json, rounds.json, eval.json, report.md with PNG plots). Rerunning
+resumes: a finished stage whose configuration (and whose inputs) did not change is
+skipped; a changed stage and every stage after it is redone.
+
+The command line's `--gin_file`s and `--gin.NAME=VALUE` flags reach every stage after
+its own gin (`CommandLine`); `--gin.proxy/NAME=VALUE` (or `reference/`, `main/`) only
+the stages of that kind. Every stage's gin is parsed before anything is written.
 """
 
 from __future__ import annotations
@@ -238,7 +242,8 @@ def run_pipeline(
         pair["seed"] = seed
         per_seed.append((pair, doremi_stage.workdir, baseline_stage.workdir))
 
-    evaluation, doremi_dir, baseline_dir = per_seed[0]
+    first, doremi_dir, baseline_dir = per_seed[0]
+    evaluation = dict(first)  # the first seed's comparison, plus what follows
     baseline = _weights_of(baseline_dir, domains)
     evaluation["baseline_weights"] = dict(zip(domains, baseline.tolist()))
     evaluation["doremi_weights"] = rounds[-1]["average_domain_weights"]
