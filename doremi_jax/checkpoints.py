@@ -7,6 +7,8 @@ checkpoint cut short by a kill is never restored. All hosts take part in a save
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
 import jax
@@ -45,6 +47,29 @@ class Checkpointer:
         return self._manager.restore(
             step, args=ocp.args.PyTreeRestore(item=abstract_state, restore_args=restore_args)
         )
+
+    def restore_latest_readable(self, abstract_state: Any) -> tuple[Any, int | None]:
+        """The latest checkpoint that restores, and its step (None: no checkpoint).
+
+        A damaged latest checkpoint (a disk fault, a truncated copy) is moved aside to
+        `<checkpoints>_unreadable/<step>` (kept for inspection, out of orbax's sight, so
+        the run can save that step again) with a warning, and the previous kept one is
+        tried: a run loses the steps since that checkpoint, never its progress.
+        """
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                return self.restore(abstract_state, step), step
+            except Exception as e:  # orbax raises many types for a damaged checkpoint
+                aside = os.path.join(self.directory + "_unreadable", str(step))
+                message = (f"checkpoint {self.directory!r} step {step} is unreadable ({_first_line(e)}); "
+                           f"moved to {aside!r}, trying the one before")
+                logging.warning(message)
+                print(f"warning: {message}", flush=True)
+                if jax.process_index() == 0:
+                    fileio.makedirs(os.path.dirname(aside))
+                    fileio.rename(os.path.join(self.directory, str(step)), aside)
+                self._manager.reload()
+        return abstract_state, None
 
     def wait(self) -> None:
         self._manager.wait_until_finished()

@@ -71,6 +71,10 @@ def main(
         config.fail(str(e).splitlines()[0], 2)
     except _known_errors() as e:
         config.fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    except OSError as e:  # a full disk, a permission error: one line naming the path
+        if e.filename and e.strerror:
+            config.fail(f"{e.filename}: {e.strerror}")
+        config.fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
     except RuntimeError as e:  # gin reports unset REQUIRED macros as RuntimeError-like errors
         message = str(e).strip().splitlines()
         if message and ("Required bindings" in message[0] or "gin" in message[0].lower()):

@@ -82,3 +82,8 @@ def remove(path: str | os.PathLike) -> None:
         path.rmtree()
     elif path.exists():
         path.unlink()
+
+
+def rename(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Move a file or folder (a rename where the store has one; gs:// copies)."""
+    epath.Path(source).rename(target)

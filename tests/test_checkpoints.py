@@ -47,3 +47,55 @@ def test_restore_params_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(checkpoints.CheckpointError, match="no complete checkpoint"):
         checkpoints.restore_params(str(tmp_path / "empty"), abstract)
+
+
+def damage(step_dir):
+    """Zero the data files of one checkpoint, as a disk fault would."""
+    damaged = 0
+    for path in step_dir.rglob("*"):
+        if path.is_file() and path.stat().st_size > 0 and ("ocdbt" in str(path) or path.name.startswith("d")):
+            path.write_bytes(b"\0" * path.stat().st_size)
+            damaged += 1
+    assert damaged
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path, capsys):
+    (state, _, _), _ = make_state(0, sharding.MeshConfig(data=-1))
+    ckpt = checkpoints.Checkpointer(str(tmp_path / "ck"), max_to_keep=3, asynchronous=False)
+    for step in (2, 4):
+        ckpt.save(step, state.replace(step=state.step + step))
+    ckpt.close()
+    damage(tmp_path / "ck" / "4")
+    ckpt = checkpoints.Checkpointer(str(tmp_path / "ck"))
+    restored, step = ckpt.restore_latest_readable(state)
+    assert step == 2 and int(restored.step) == 2
+    assert "step 4 is unreadable" in capsys.readouterr().out
+    # Kept for inspection, out of the way of the step being saved again.
+    assert (tmp_path / "ck_unreadable" / "4").is_dir() and ckpt.latest_step() == 2
+    ckpt.save(4, restored.replace(step=restored.step + 2))
+    ckpt.close()
+    assert checkpoints.Checkpointer(str(tmp_path / "ck")).latest_step() == 4
+
+
+def test_a_full_disk_is_one_line_naming_the_path(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from doremi_jax import cli, fileio
+    from doremi_jax.train import __main__ as train_main
+
+    write = fileio.write_text_atomic
+
+    def full(path, text):  # the disk fills up by the end of the run
+        if str(path).endswith("summary.json"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        write(path, text)
+
+    monkeypatch.setattr(fileio, "write_text_atomic", full)
+    workdir = tmp_path / "w"
+    with pytest.raises(SystemExit) as e:
+        cli.main(train_main.run, ["--gin_file=gin/runs/reference.gin", "--gin_file=gin/models/tiny.gin",
+                                  "--gin.TRAIN_STEPS=1", "--gin.BATCH_SIZE=8", f"--workdir={workdir}"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.count("\n") == 1
+    assert err.startswith("error: ") and f"{workdir}/summary.json" in err and "No space left on device" in err
+    assert checkpoints.Checkpointer(str(workdir / "checkpoints")).latest_step() == 1

@@ -444,9 +444,8 @@ def train(
     ckpt = checkpoints.Checkpointer(
         os.path.join(workdir, "checkpoints"), config.keep_checkpoints, config.async_checkpoints
     )
-    start = ckpt.latest_step()
+    state, start = ckpt.restore_latest_readable(state)
     if start is not None:
-        state = ckpt.restore(state)
         if not eval_only:
             print(f"resuming from step {start}", flush=True)
     elif eval_only:
