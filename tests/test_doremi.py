@@ -70,6 +70,24 @@ def test_resample_mode_samples_by_the_live_weights(three_domain_run):
     expected = np.asarray([[rows[t - 1][f"domain_weights/{d}"] for d in domains] for t in range(1, len(rows))]).sum(0)
     tokens = np.asarray([[rows[t][f"domain_tokens/{d}"] for d in domains] for t in range(1, len(rows))]).sum(0)
     np.testing.assert_allclose(tokens / tokens.sum(), expected / expected.sum(), atol=0.06)
+    # Exactly: step t's batch is the sampler's batch of step t drawn with α_{t-1} (as
+    # logged), and not the one drawn with α_t.
+    from doremi_jax.data import inputs
+    from doremi_jax.data.sampler import MixtureSampler
+
+    corpus = inputs.build_corpus(inputs.DataConfig(data_dir=data, corpus_name="synthetic"))
+    sampler = MixtureSampler(corpus.streams["train"], 64, (0,))
+
+    def tokens_per_domain(step, weights):
+        b = sampler.batch(step, range(16), np.asarray(weights, np.float32))
+        return [float(b["decoder_loss_weights"][b["domain_ids"] == i].sum()) for i in range(3)]
+
+    lagged = current = 0
+    for t in range(1, len(rows)):  # row t is step t + 1, drawn at batch index t
+        logged = [rows[t][f"domain_tokens/{d}"] for d in domains]
+        lagged += logged == tokens_per_domain(t, [rows[t - 1][f"domain_weights/{d}"] for d in domains])
+        current += logged == tokens_per_domain(t, [rows[t][f"domain_weights/{d}"] for d in domains])
+    assert lagged == len(rows) - 1 and current < lagged
     assert summary["average_domain_weights"]["learnable"] > summary["average_domain_weights"]["noise"]
 
 

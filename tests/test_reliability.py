@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import jax
 import numpy as np
@@ -203,3 +204,62 @@ def test_soak_many_restarts_do_not_grow_resources(reference, tmp_path):
     assert max(threads[4:]) <= threads[3] + 4, threads
     assert rss[-1] - rss[3] < 150 * 2**20, [r // 2**20 for r in rss]
     assert threading.active_count() < 50
+
+
+# --- Kills anywhere in the pipeline's life: start-up, compile, restore, steps,
+# checkpoint writes, final evaluations, summary/weights/report writes.
+
+PIPELINE = ["--gin_file=gin/experiments/demo.gin", "--gin_file=gin/models/tiny.gin", "--gin.BATCH_SIZE=8",
+            "--gin.SEQUENCE_LENGTH=64", "--gin.TRAIN_STEPS=8", "--gin.WARMUP_STEPS=2",
+            "--gin.TrainConfig.eval_tokens_per_domain=512", "--gin.TrainConfig.checkpoint_every=2",
+            "--gin.TrainConfig.tensorboard=False", "--gin.run_pipeline.max_rounds=1",
+            "--gin.main/TrainConfig.eval_every=4", "--gin.main/DownstreamConfig.max_examples=4",
+            "--gin.main/DownstreamConfig.prompt_length=48", "--gin.main/DownstreamConfig.max_new_tokens=4"]
+
+
+def run_pipeline_until(workdir, kill_after_s):
+    """Start the pipeline entry; SIGKILL it after `kill_after_s` seconds unless it ends
+    first. Returns its exit code."""
+    proc = subprocess.Popen([sys.executable, "-m", "doremi_jax.pipeline", *PIPELINE, f"--workdir={workdir}"],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        proc.wait(timeout=kill_after_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=60)
+    err = proc.stderr.read()
+    assert proc.returncode in (0, -signal.SIGKILL), err[-2000:]
+    return proc.returncode
+
+
+def pipeline_results(workdir):
+    out = {name: open(os.path.join(workdir, name)).read() for name in ("domain_weights.json", "eval.json")}
+    for stage in ("round_1/reference", "round_1/proxy", "main_doremi", "main_baseline"):
+        params, summary = final_state(os.path.join(workdir, stage))
+        out[stage] = ([np.asarray(x).tobytes() for x in jax.tree.leaves(params)], summary["eval"],
+                      loss_rows(os.path.join(workdir, stage)))
+    return out
+
+
+def test_random_kills_over_the_pipelines_life_then_identical_results(tmp_path):
+    """Kill times drawn uniformly over the measured length of an uninterrupted run; the
+    seed (DOREMI_KILL_SEED, default: the clock) is printed so a failure replays."""
+    seed = int(os.environ.get("DOREMI_KILL_SEED", time.time_ns() % 100_000))
+    rng = random.Random(seed)
+    clean, killed = str(tmp_path / "clean"), str(tmp_path / "killed")
+    start = time.perf_counter()
+    assert run_pipeline_until(clean, 900) == 0
+    length = time.perf_counter() - start
+    # Five attempts, each killed at a time drawn over the whole run's length; one that
+    # ends first counts as finished, and the attempts after it land in a rerun's
+    # start-up, skips and report writes.
+    schedule = []
+    for _ in range(5):
+        kill_at = rng.uniform(0.5, length)
+        code = run_pipeline_until(killed, kill_at)
+        schedule.append(f"{'killed' if code else 'finished before'} {kill_at:.2f} s")
+    print(f"DOREMI_KILL_SEED={seed}: {schedule} (uninterrupted run {length:.1f} s)")
+    assert any(s.startswith("killed") for s in schedule)
+    if run_pipeline_until(killed, 900) != 0:
+        pytest.fail(f"DOREMI_KILL_SEED={seed}: the final run failed")
+    assert pipeline_results(killed) == pipeline_results(clean), f"DOREMI_KILL_SEED={seed}, kills {schedule}"
