@@ -310,9 +310,17 @@ def test_evaluate_fewshot_cli(repetitive_run, capsys, tmp_path):
         assert json.load(f)["cloze"] == summary["downstream"]["cloze"]
 
 
-def test_trainer_runs_a_oneshot_task_with_the_real_model(repetitive_run, mock_tfds):
+def test_trainer_runs_a_oneshot_task_with_the_real_model(repetitive_run, mock_tfds, monkeypatch):
     """A TFDS task end to end: prompts from seqio, decoded by the trained model, scored."""
     workdir, _, data_dir = repetitive_run
+    seen = []
+    original_score = downstream.score
+
+    def spy(task, examples, generations):
+        seen.append((task, list(examples), list(generations)))
+        return original_score(task, examples, generations)
+
+    monkeypatch.setattr(downstream, "score", spy)
     kwargs = train_kwargs(data_dir, steps=150, tensorboard=False)
     summary = loop.train(
         workdir, eval_only=True,
@@ -321,7 +329,14 @@ def test_trainer_runs_a_oneshot_task_with_the_real_model(repetitive_run, mock_tf
         **kwargs,
     )
     result = summary["downstream"]["trivia_qa"]
-    assert result["examples"] == 3 and 0.0 <= result["accuracy"] <= 1.0
+    ((task, examples, generations),) = seen
+    assert task == "trivia_qa" and result["examples"] == len(examples) == len(generations) == 3
+    # The reported accuracy is that of these generations against these questions' answers,
+    # and the answers are ones a right generation matches.
+
+    assert result["accuracy"] == np.mean([scoring.exact_match(g, ex.answers) for g, ex in zip(generations, examples)])
+    assert original_score(task, examples, [ex.answers[0] + "\n" for ex in examples])["accuracy"] == 1.0
+    assert original_score(task, examples, ["no idea\n"] * 3)["accuracy"] == 0.0
 
 
 def test_task_names_match_the_registered_tasks():
