@@ -99,6 +99,25 @@ def truncate_metrics(workdir: str, step: int) -> None:
     fileio.write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
+def rebuild_tensorboard(workdir: str) -> None:
+    """TensorBoard's events rewritten from metrics.jsonl (after `truncate_metrics` on a
+    resume): the old event files hold the rows of steps that are trained again, which
+    TensorBoard would show twice. Process 0 only calls it; where clu is missing there
+    are no events to rebuild."""
+    try:
+        from clu import metric_writers  # brings in tensorflow
+    except ImportError:
+        return
+    folder = os.path.join(workdir, "tensorboard")
+    fileio.remove(folder)
+    path = os.path.join(workdir, "metrics.jsonl")
+    writer = metric_writers.create_default_writer(folder, asynchronous=False)
+    for row in _parse_rows(path) if fileio.exists(path) else []:
+        writer.write_scalars(int(row["step"]), {k: v for k, v in row.items() if k != "step"})
+    writer.flush()
+    writer.close()
+
+
 def read_metrics(workdir: str) -> list[dict]:
     """The rows of a run's metrics.jsonl; on resume the last row of each step wins."""
     path = os.path.join(workdir, "metrics.jsonl")

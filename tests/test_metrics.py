@@ -36,3 +36,12 @@ def test_a_resumed_run_logs_each_step_once(tmp_path, caplog):
     assert loss_steps(workdir) == list(range(1, 11))
     rows = metrics.read_metrics(str(workdir))
     assert max(r["step"] for r in rows) == 10 and not any(r.get("loss") == 9.0 for r in rows)
+
+    # TensorBoard's view too: every logged step once.
+    import tensorflow as tf
+
+    steps = []
+    for path in sorted((workdir / "tensorboard").rglob("events.out.tfevents*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            steps += [event.step for v in event.summary.value if v.tag == "loss"]
+    assert sorted(steps) == list(range(1, 11))

@@ -489,6 +489,8 @@ def train(
     if primary:
         # Rows past the checkpoint (a killed run's last steps) are trained again below.
         metrics_lib.truncate_metrics(workdir, start)
+        if start and config.tensorboard:
+            metrics_lib.rebuild_tensorboard(workdir)
     writer = metrics_lib.MetricWriter(workdir, domains, enabled=primary, tensorboard=config.tensorboard)
     tokens_per_step = config.batch_size * config.sequence_length
     summary: dict[str, Any] = {"start_step": start, "stopped": "finished"}
