@@ -62,3 +62,13 @@ def train_kwargs(data_dir: str, steps: int, batch: int = 16, length: int = 64, *
             checkpoint_every=1000, eval_tokens_per_domain=2048, **config,
         ),
     )
+
+
+def damage_checkpoint(step_dir) -> None:
+    """Zero the data files of one checkpoint step folder, as a disk fault would."""
+    damaged = 0
+    for path in step_dir.rglob("*"):
+        if path.is_file() and path.stat().st_size > 0 and ("ocdbt" in str(path) or path.name.startswith("d")):
+            path.write_bytes(b"\0" * path.stat().st_size)
+            damaged += 1
+    assert damaged

@@ -8,7 +8,7 @@ from doremi_jax import checkpoints, dro, sharding
 from doremi_jax.train import loop
 from doremi_jax.train.state import OptimizerConfig, make_optimizer
 
-from helpers import TINY
+from helpers import TINY, damage_checkpoint
 
 
 def make_state(seed, mesh_cfg):
@@ -49,23 +49,13 @@ def test_restore_params_errors(tmp_path):
         checkpoints.restore_params(str(tmp_path / "empty"), abstract)
 
 
-def damage(step_dir):
-    """Zero the data files of one checkpoint, as a disk fault would."""
-    damaged = 0
-    for path in step_dir.rglob("*"):
-        if path.is_file() and path.stat().st_size > 0 and ("ocdbt" in str(path) or path.name.startswith("d")):
-            path.write_bytes(b"\0" * path.stat().st_size)
-            damaged += 1
-    assert damaged
-
-
 def test_a_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path, capsys):
     (state, _, _), _ = make_state(0, sharding.MeshConfig(data=-1))
     ckpt = checkpoints.Checkpointer(str(tmp_path / "ck"), max_to_keep=3, asynchronous=False)
     for step in (2, 4):
         ckpt.save(step, state.replace(step=state.step + step))
     ckpt.close()
-    damage(tmp_path / "ck" / "4")
+    damage_checkpoint(tmp_path / "ck" / "4")
     ckpt = checkpoints.Checkpointer(str(tmp_path / "ck"))
     restored, step = ckpt.restore_latest_readable(state)
     assert step == 2 and int(restored.step) == 2

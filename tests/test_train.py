@@ -11,6 +11,7 @@ from doremi_jax import cli
 from doremi_jax.train import __main__ as train_main
 
 from conftest import REPO
+from helpers import damage_checkpoint
 
 TINY_RUN = ["--gin_file=gin/runs/reference.gin", "--gin_file=gin/models/tiny.gin",
             "--gin.BATCH_SIZE=8", "--gin.SEQUENCE_LENGTH=64", "--gin.TrainConfig.eval_tokens_per_domain=512"]
@@ -167,13 +168,7 @@ def test_corrupted_reference_checkpoint(finished_run, tmp_path, capsys):
 
     broken = tmp_path / "broken_ref"
     shutil.copytree(finished_run, broken)
-    step_dir = broken / "checkpoints" / "2"
-    damaged = 0
-    for path in step_dir.rglob("*"):
-        if path.is_file() and path.stat().st_size > 0 and ("ocdbt" in str(path) or path.name.startswith("d")):
-            path.write_bytes(b"\0" * path.stat().st_size)
-            damaged += 1
-    assert damaged
+    damage_checkpoint(broken / "checkpoints" / "2")
     proxy = ["--gin_file=gin/runs/proxy.gin", "--gin_file=gin/models/tiny.gin", "--gin.BATCH_SIZE=8",
              "--gin.TRAIN_STEPS=2", f"--gin.REFERENCE_DIR='{broken}'"]
     code, err = in_process([*proxy, f"--workdir={tmp_path / 'p'}"], capsys)
