@@ -21,23 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from doremi_jax import dro, sharding
+from doremi_jax import dro, hardware, sharding
 from doremi_jax.models import Transformer, TransformerConfig, param_count
 from doremi_jax.train import loop
 from doremi_jax.train.state import OptimizerConfig, make_optimizer
-
-# Dense bf16 peak per chip, FLOP/s (vendor datasheets).
-DATASHEET_PEAK = {
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5e": 197e12,
-    "TPU v5p": 459e12,
-    "TPU v6 lite": 918e12,
-    "TPU v6e": 918e12,
-    "NVIDIA H100": 989e12,
-    "NVIDIA H200": 989e12,
-    "NVIDIA A100": 312e12,
-}
 
 BENCH_GIN = "gin/bench.gin"  # the default bench model and sizes; parsed before the user's files
 
@@ -181,7 +168,7 @@ def benchmark(
     results["measured_peak_units"] = units
     for name in ("lm_step", "doremi_step"):
         results[f"{name}_mfu_measured_peak"] = results[f"{name}_flops_per_s"] / (peak * units)
-    datasheet = next((v for k, v in DATASHEET_PEAK.items() if results["device"].startswith(k)), None)
+    datasheet = hardware.datasheet_peak(results["device"])
     if datasheet and results["platform"] in ("tpu", "gpu"):
         results["datasheet_peak_flops_per_s"] = datasheet
         for name in ("lm_step", "doremi_step"):

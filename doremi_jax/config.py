@@ -63,13 +63,16 @@ def parse(
     user_bindings: Sequence[str] = (),
     check_macros: bool = True,
     model_dir: str | None = None,
+    fill_required: str | None = None,
 ) -> list[str]:
     """Parse a run's own gin files and bindings, then the user's (the command line's,
     which have the last word). Unknown names, files or unset required macros become
     ConfigError, and so does a user binding of a macro that no file declares and
     nothing uses (`--gin.TRAIN_STEP=5`), unless `check_macros` is off: then the unknown
     macro names are returned for the caller to judge (the pipeline checks a binding
-    against every stage). `model_dir` (the entry's --workdir) is bound as MODEL_DIR last."""
+    against every stage). `model_dir` (the entry's --workdir) is bound as MODEL_DIR last.
+    `fill_required` binds every still-required macro to that value instead of failing
+    (the ahead-of-time compile reads no data, reference or vocabulary file)."""
     register()
     gin.clear_config()
     gin.add_config_file_search_path(REPO_ROOT)
@@ -91,6 +94,10 @@ def parse(
     if unknown and check_macros:
         raise ConfigError(unknown_macros_message(unknown, known))
     unset = sorted(name for name in macros() if _is_required(gin.query_parameter(f"%{name}")))
+    if fill_required is not None:
+        for name in unset:
+            gin.bind_parameter(f"{name}/gin.macro.value", fill_required)
+        unset = []
     if unset:
         raise ConfigError(
             "gin: required macro(s) not set: "
@@ -157,6 +164,21 @@ def fingerprint(exclude_selectors: Sequence[str] = ("run_pipeline",), exclude_ma
             continue
         items.append(f"{scope}/{selector}: {sorted((k, repr(v)) for k, v in params.items())}")
     return hashlib.sha256("\n".join(items).encode()).hexdigest()[:16]
+
+
+def call_arguments(function: str, names: Sequence[str]) -> dict:
+    """What the parsed config passes `function` for each of `names` (only those bound),
+    with `@Config()` references and `%MACROS` evaluated, without calling `function`."""
+    import copy
+
+    out = {}
+    for name in names:
+        try:
+            value = gin.query_parameter(f"{function}.{name}")
+        except ValueError:
+            continue
+        out[name] = copy.deepcopy(value)  # gin's references evaluate when deep-copied
+    return out
 
 
 def query(name: str, default=None):

@@ -131,6 +131,38 @@ def _write_json(path: str, data: Any) -> None:
     config.write_file(path, json.dumps(data, indent=2) + "\n")
 
 
+@dataclasses.dataclass(frozen=True)
+class StageFactory:
+    """The stages of an experiment: each kind's gin files and bindings (the experiment's
+    common ones, its own, the links the pipeline adds, then the command line's)."""
+
+    workdir: str
+    reference_gin: tuple[str, ...]
+    proxy_gin: tuple[str, ...]
+    main_gin: tuple[str, ...]
+    common_bindings: tuple[str, ...] = ()
+    reference_bindings: tuple[str, ...] = ()
+    proxy_bindings: tuple[str, ...] = ()
+    main_bindings: tuple[str, ...] = ()
+    command_line: CommandLine = CommandLine()
+
+    def reference(self, k: int, weights: str, upstream: str) -> Stage:
+        return Stage(self.workdir, f"round_{k}/reference", "reference", self.reference_gin,
+                     [*self.common_bindings, *self.reference_bindings, f"REFERENCE_WEIGHTS = '{weights}'"],
+                     self.command_line, upstream)
+
+    def proxy(self, k: int, reference_dir: str, upstream: str) -> Stage:
+        return Stage(self.workdir, f"round_{k}/proxy", "proxy", self.proxy_gin,
+                     [*self.common_bindings, *self.proxy_bindings, f"REFERENCE_DIR = '{reference_dir}'"],
+                     self.command_line, upstream)
+
+    def main(self, name: str, weights: str, upstream: str, seed: int | None = None) -> Stage:
+        seeded = [] if seed is None else [f"TrainConfig.seed = {seed}", f"DownstreamConfig.seed = {seed}"]
+        return Stage(self.workdir, name, "main", self.main_gin,
+                     [*self.common_bindings, *self.main_bindings, f"MIXTURE_WEIGHTS = '{weights}'", *seeded],
+                     self.command_line, upstream)
+
+
 def _check_command_line(stages: Sequence[Stage], command_line: CommandLine) -> None:
     """Parse every stage's gin before anything runs: unknown names, unset required
     macros and command-line macros that no stage declares or uses fail here."""
@@ -175,20 +207,11 @@ def run_pipeline(
     trained once per seed (folders main_doremi_seed<s>, main_baseline_seed<s>) and the
     comparison gives the mean and spread over seeds; empty (default), one pair with the
     runs' own SEED."""
-    common = list(common_bindings)
-
-    def reference_stage(k, weights, upstream):
-        return Stage(workdir, f"round_{k}/reference", "reference", reference_gin,
-                     [*common, *reference_bindings, f"REFERENCE_WEIGHTS = '{weights}'"], command_line, upstream)
-
-    def proxy_stage(k, reference_dir, upstream):
-        return Stage(workdir, f"round_{k}/proxy", "proxy", proxy_gin,
-                     [*common, *proxy_bindings, f"REFERENCE_DIR = '{reference_dir}'"], command_line, upstream)
-
-    def main_stage(name, weights, upstream, seed=None):
-        seeded = [] if seed is None else [f"TrainConfig.seed = {seed}", f"DownstreamConfig.seed = {seed}"]
-        return Stage(workdir, name, "main", main_gin,
-                     [*common, *main_bindings, f"MIXTURE_WEIGHTS = '{weights}'", *seeded], command_line, upstream)
+    stages = StageFactory(
+        workdir, tuple(reference_gin), tuple(proxy_gin), tuple(main_gin), tuple(common_bindings),
+        tuple(reference_bindings), tuple(proxy_bindings), tuple(main_bindings), command_line,
+    )
+    reference_stage, proxy_stage, main_stage = stages.reference, stages.proxy, stages.main
 
     # Every stage's configuration is checked before anything is written.
     _check_command_line(

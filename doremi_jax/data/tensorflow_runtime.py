@@ -10,24 +10,11 @@ the device listing, and TensorFlow sees no GPU (the habit of big_vision and T5X)
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 import sys
 
-
-@contextlib.contextmanager
-def _native_stderr_muted():
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+from doremi_jax import quiet
 
 
 def import_quietly() -> None:
@@ -38,8 +25,7 @@ def import_quietly() -> None:
     if "tensorflow" in sys.modules or importlib.util.find_spec("tensorflow") is None:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    muted = contextlib.nullcontext() if os.environ.get("DOREMI_LOGLEVEL") else _native_stderr_muted()
-    with muted:
+    with quiet.native_stderr_muted():
         import tensorflow as tf
 
         tf.config.set_visible_devices([], "GPU")

@@ -52,6 +52,16 @@ class PerplexityResult:
 _IN_FLIGHT = 8
 
 
+def jit_eval_step(model, mesh, param_shardings, num_domains: int):
+    """(params, batch) -> per-domain (loss sums, token counts), replicated: the step the
+    evaluator runs and the ahead-of-time compile (`doremi_jax.aot`) lowers."""
+    return jax.jit(
+        functools.partial(steps.eval_step, model=model, num_domains=num_domains),
+        in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
+        out_shardings=sharding.replicated(mesh),
+    )
+
+
 class Evaluator:
     """Compiled once per run; `evaluator(params)` scores the same held-out tokens each time."""
 
@@ -79,11 +89,7 @@ class Evaluator:
         self.bytes_per_token = np.asarray(
             [s.num_bytes / max(s.num_tokens, 1) for s in streams], np.float64
         )
-        self._step = jax.jit(
-            functools.partial(steps.eval_step, model=model, num_domains=len(self.domains)),
-            in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
-            out_shardings=sharding.replicated(mesh),
-        )
+        self._step = jit_eval_step(model, mesh, param_shardings, len(self.domains))
 
     def __call__(self, params) -> PerplexityResult:
         k = len(self.domains)

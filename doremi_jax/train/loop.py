@@ -147,16 +147,22 @@ def check_writable(workdir: str) -> None:
         raise TrainingError(f"workdir {workdir!r} is not writable: {e.strerror or e}") from None
 
 
+# A PRNG key as a shape: no array is made, so these run on compile-only devices too.
+_KEY_SHAPE = jax.ShapeDtypeStruct((2,), jnp.uint32)
+
+
 def abstract_params(model_cfg: TransformerConfig, mesh, rules):
     """Shapes and shardings of a model's parameters, without allocating them."""
-    dummy = jnp.zeros((1, min(8, model_cfg.max_length)), jnp.int32)
+    dummy = np.zeros((1, min(8, model_cfg.max_length)), np.int32)  # numpy: no device array
     init = lambda r: Transformer(model_cfg).init(r, dummy)["params"]  # noqa: E731
     with sharding.activate(mesh, rules):
-        boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
+        boxed = jax.eval_shape(init, _KEY_SHAPE)
         shardings = sharding.logical_shardings(nn.get_partition_spec(boxed), mesh, rules)
-    abstract = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.meta.unbox(boxed), shardings
+    # Unboxed without a sharding constraint: these are shapes, not traced values.
+    shapes = jax.tree.map(
+        lambda x: x.unbox(apply_constraint=False), boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned)
     )
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
     return abstract, shardings
 
 
@@ -214,10 +220,10 @@ def load_reference(reference_workdir, reference_cfg, domains, vocabulary, mesh, 
     return params, ref_shardings
 
 
-def init_state(model_cfg, tx, weights, rng, mesh, rules, weight_tx):
-    """The train state, initialised directly sharded (never materialised whole)."""
+def _init_fn(model_cfg, tx, weight_tx):
+    """rng, α_0 -> a fresh TrainState (traced under jit or eval_shape, never eagerly)."""
     model = Transformer(model_cfg)
-    dummy = jnp.zeros((1, min(8, model_cfg.max_length)), jnp.int32)
+    dummy = np.zeros((1, min(8, model_cfg.max_length)), np.int32)  # numpy: no device array
 
     def init_fn(rng, alpha):
         params = nn.meta.unbox(model.init(rng, dummy)["params"])
@@ -232,13 +238,34 @@ def init_state(model_cfg, tx, weights, rng, mesh, rules, weight_tx):
             excess_estimate=-jnp.ones_like(alpha),  # < 0: not seen yet (dro.carry_absent_domains)
         )
 
+    return init_fn
+
+
+def abstract_state(model_cfg, tx, num_domains, mesh, rules, weight_tx):
+    """The train state as shapes with their shardings (nothing allocated), its
+    shardings and the parameters' shardings: what `init_state` would build, and what
+    the ahead-of-time compile (`doremi_jax.aot`) lowers the steps against."""
     _, param_shardings = abstract_params(model_cfg, mesh, rules)
-    alpha = jax.ShapeDtypeStruct((weights.shape[0],), jnp.float32)
+    alpha = jax.ShapeDtypeStruct((num_domains,), jnp.float32)
     with sharding.activate(mesh, rules):
-        abstract = jax.eval_shape(init_fn, rng, alpha)
+        shapes = jax.eval_shape(_init_fn(model_cfg, tx, weight_tx), _KEY_SHAPE, alpha)
         # Optimizer moments follow their parameters; everything else is replicated.
-        state_shardings = _state_shardings(abstract, param_shardings, mesh)
-        state = jax.jit(init_fn, out_shardings=state_shardings)(rng, jnp.asarray(weights, jnp.float32))
+        state_shardings = _state_shardings(shapes, param_shardings, mesh)
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, state_shardings
+    )
+    return abstract, state_shardings, param_shardings
+
+
+def init_state(model_cfg, tx, weights, rng, mesh, rules, weight_tx):
+    """The train state, initialised directly sharded (never materialised whole)."""
+    _, state_shardings, param_shardings = abstract_state(
+        model_cfg, tx, len(weights), mesh, rules, weight_tx
+    )
+    with sharding.activate(mesh, rules):
+        state = jax.jit(_init_fn(model_cfg, tx, weight_tx), out_shardings=state_shardings)(
+            rng, jnp.asarray(weights, jnp.float32)
+        )
     return state, state_shardings, param_shardings
 
 

@@ -1,0 +1,98 @@
+"""`python -m doremi_jax.aot --gin_file=... --topology=v5p:2x2x2 [--json PATH]`.
+
+Compiles every step an experiment would run (reference LM step, proxy DoReMi step with
+its reference forward, main LM step, and each stage's evaluation step) for a TPU
+topology, on this host, from shapes only; reports memory per chip against the chip's
+HBM (FITS / DOES NOT FIT), FLOPs, collectives, a roofline bound on the step time and
+MFU, and the days the experiment would take. MaxText's `train_compile.py` idea.
+
+  --topology=v5p:4x4x4            every stage on this slice
+  --topology=main=v5p:8x8x8       one stage kind (reference, proxy, main) on another
+  --slices=2                      multislice: that many slices joined over DCN
+  --num_domains=22                k (The Pile's by default; only sizes a few vectors)
+
+Exit status 0 when every step fits, 1 when one does not (the table still prints).
+Needs libtpu (`pip install -e '.[tpu]'`); runs with JAX_PLATFORMS=cpu, set here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+# Compile-only TPU devices need no TPU backend: keep jax on the CPU, and libtpu from
+# probing for a TPU at start-up.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from doremi_jax import cli, config  # noqa: E402
+
+
+def parse_args(rest):
+    """--topology (repeatable, optionally `kind=`), --slices, --num_domains, --json."""
+    topologies, options = {}, {"slices": 1, "num_domains": 22, "json": None}
+    args = list(rest)
+    while args:
+        a = args.pop(0)
+        name, eq, value = a.partition("=")
+        if not eq and name in ("--topology", "--slices", "--num_domains", "--json") and args:
+            value = args.pop(0)
+        if name == "--topology":
+            kind, sep, topo = value.partition("=")
+            topologies[kind if sep else "*"] = topo if sep else value
+        elif name in ("--slices", "--num_domains"):
+            try:
+                options[name[2:]] = int(value)
+            except ValueError:
+                raise config.ConfigError(f"{name}={value!r}: expected an integer") from None
+        elif name == "--json":
+            options["json"] = value
+        else:
+            raise config.ConfigError(
+                f"unknown argument {a!r} (expected --gin_file, --gin.NAME=VALUE, --topology, --slices, "
+                "--num_domains, --json)"
+            )
+    if not topologies:
+        raise config.ConfigError("--topology=NAME is required (for example v5p:2x2x2, v4:4x4x4, v5e:16x16)")
+    return topologies, options
+
+
+def run(files, bindings, rest):
+    from doremi_jax.aot import compile as aot_compile, plan as aot_plan, report, topology
+
+    topologies, options = parse_args(rest)
+    plans, kind = aot_plan.plans(files, bindings)
+    unknown = sorted(set(topologies) - {"*"} - {p.name for p in plans})
+    if unknown:
+        raise config.ConfigError(
+            f"--topology for {unknown}: this {kind} has stages {[p.name for p in plans]}"
+        )
+    chips, names, reports = {}, {}, []
+    for plan in plans:
+        name = topologies.get(plan.name, topologies.get("*"))
+        if name is None:
+            raise config.ConfigError(f"no --topology for stage {plan.name!r} (give --topology=NAME for all)")
+        try:
+            devices, chip = topology.devices(name, options["slices"])
+        except topology.TopologyError as e:
+            raise config.ConfigError(str(e)) from None
+        chips[plan.name] = chip
+        names[plan.name] = name + (f" x{options['slices']}" if options["slices"] > 1 else "")
+        print(f"[{plan.name}] compiling for {names[plan.name]} ({len(devices)} chips): "
+              f"{plan.model.num_layers} layers, d={plan.model.embed_dim}, batch {plan.config.batch_size} x "
+              f"{plan.config.sequence_length}", flush=True)
+        reports += aot_compile.compile_stage(plan, devices, chip, options["num_domains"])
+    result = report.to_json(plans, reports, chips, names)
+    print(report.format_table(result), flush=True)
+    if options["json"]:
+        with open(options["json"], "w") as f:
+            json.dump(result, f, indent=2)
+    if not result["fits"]:
+        worst = [f"{st['stage']}/{s['step']} needs {s['memory']['total'] / 2**30:.1f} GiB of "
+                 f"{s['hbm_bytes'] / 2**30:.0f} GiB"
+                 for st in result["stages"] for s in st["steps"] if not s["fits"]]
+        config.fail("DOES NOT FIT: " + "; ".join(worst))
+
+
+if __name__ == "__main__":
+    cli.main(run, sys.argv[1:], tensorflow=False)

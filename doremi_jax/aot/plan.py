@@ -1,0 +1,74 @@
+"""The stages an experiment's gin trains, as StagePlans, without reading any data.
+
+A pipeline experiment (`gin/experiments/*.gin`, binding `run_pipeline.*`) gives three
+kinds: reference and proxy (one run each per round) and main (the DoReMi and baseline
+models, per seed), each parsed exactly as the pipeline parses it, command line
+included (`--gin.main/...` reaches only the main models). Any other gin is one
+trainer run. Macros that only name inputs (DATA_DIR, SPM_MODEL, REFERENCE_DIR) may
+stay unset: nothing is read.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from doremi_jax import config, pipeline, sharding
+from doremi_jax.aot.compile import StagePlan
+from doremi_jax.models import TransformerConfig
+from doremi_jax.train import loop
+from doremi_jax.train.state import OptimizerConfig
+
+PLACEHOLDER = "unused-by-aot"
+_TRAIN_ARGS = ("run", "model", "mesh", "optimizer", "config", "doremi")
+
+
+def _plan(name: str, runs: int) -> StagePlan:
+    args = config.call_arguments("train", _TRAIN_ARGS)
+    return StagePlan(
+        name=name,
+        run=args.get("run", "lm"),
+        model=args.get("model", TransformerConfig()),
+        mesh=args.get("mesh", sharding.MeshConfig()),
+        optimizer=args.get("optimizer", OptimizerConfig()),
+        config=args.get("config", loop.TrainConfig()),
+        doremi=args.get("doremi", loop.DroConfig()),
+        runs=runs,
+    )
+
+
+def plans(files: Sequence[str], bindings: Sequence[str]) -> tuple[list[StagePlan], str]:
+    """The stage plans of the command line's gin, and what it is (`pipeline` or `train`)."""
+    config.register()
+    config.add_configurable("run_pipeline", pipeline.run_pipeline)
+    command_line = pipeline.CommandLine(tuple(files), tuple(bindings))
+    config.parse(files, [], (), command_line.pipeline_bindings(), check_macros=False, fill_required=PLACEHOLDER)
+    experiment = {
+        name: config.query(f"run_pipeline.{name}")
+        for name in ("reference_gin", "proxy_gin", "main_gin", "common_bindings", "reference_bindings",
+                     "proxy_bindings", "main_bindings", "max_rounds", "main_seeds")
+    }
+    if experiment["reference_gin"] is None and experiment["main_gin"] is None:
+        config.parse([], [], files, bindings, fill_required=PLACEHOLDER)
+        return [_plan("train", 1)], "train"
+
+    def listed(name, default=()):
+        value = experiment[name]
+        return tuple(default if value is None else value)
+
+    factory = pipeline.StageFactory(
+        PLACEHOLDER, listed("reference_gin", ("gin/runs/reference.gin",)), listed("proxy_gin", ("gin/runs/proxy.gin",)),
+        listed("main_gin", ("gin/runs/main.gin",)), listed("common_bindings"), listed("reference_bindings"),
+        listed("proxy_bindings"), listed("main_bindings"), command_line,
+    )
+    rounds = int(experiment["max_rounds"] or 1)
+    seeds = max(1, len(experiment["main_seeds"] or ()))
+    out = []
+    for name, stage, runs in (
+        ("reference", factory.reference(1, "natural", ""), rounds),
+        ("proxy", factory.proxy(1, PLACEHOLDER, ""), rounds),
+        ("main", factory.main("main", "natural", "", None), 2 * seeds),  # DoReMi and baseline
+    ):
+        config.parse(stage.gin_files, stage.bindings, stage.user_files, stage.user_bindings,
+                     fill_required=PLACEHOLDER)
+        out.append(_plan(name, runs))
+    return out, "pipeline"

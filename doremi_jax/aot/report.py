@@ -1,0 +1,86 @@
+"""The ahead-of-time report: a table per step, the experiment's cost, and JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+from doremi_jax import hardware
+from doremi_jax.aot.compile import StagePlan, StepReport, roofline
+
+GiB = 2**30
+SECONDS_PER_DAY = 86_400
+
+
+def to_json(plans: Sequence[StagePlan], reports: Sequence[StepReport], chips: dict[str, hardware.Chip],
+            topologies: dict[str, str]) -> dict[str, Any]:
+    stages = []
+    total_days = 0.0
+    for plan in plans:
+        chip = chips[plan.name]
+        steps = []
+        for r in (r for r in reports if r.stage == plan.name):
+            entry = dataclasses.asdict(r)
+            entry["fits"] = r.fits
+            entry["roofline"] = roofline(r, chip)
+            if r.estimate_bytes:
+                entry["estimate_over_compiled"] = r.estimate_bytes / max(r.memory["total"], 1)
+            steps.append(entry)
+        train = steps[0]
+        days = train["roofline"]["step_s"] * plan.config.train_steps * plan.runs / SECONDS_PER_DAY
+        total_days += days
+        stages.append({
+            "stage": plan.name,
+            "topology": topologies[plan.name],
+            "chip": chip.name,
+            "chips": train["chips"],
+            "run": plan.run,
+            "train_steps": plan.config.train_steps,
+            "runs": plan.runs,
+            "batch_size": plan.config.batch_size,
+            "sequence_length": plan.config.sequence_length,
+            "mesh": {"data": plan.mesh.data, "fsdp": plan.mesh.fsdp, "tensor": plan.mesh.tensor,
+                     "dcn_data": plan.mesh.dcn_data},
+            "remat_policy": plan.model.remat_policy,
+            "steps": steps,
+            "days_bound": days,
+            "chip_days_bound": days * train["chips"],
+        })
+    return {"stages": stages, "days_bound": total_days, "fits": all(s["fits"] for st in stages for s in st["steps"])}
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = [
+        f"{'stage/step':<22}{'topology':>12}{'chips':>6}{'mem GiB':>9}{'HBM':>6}{'fits':>13}"
+        f"{'est/XLA':>8}{'TFLOP/chip':>11}{'XLA/model':>10}{"  collectives (count, GiB/step)":<42}"
+        f"{'step s >=':>10}{'bound':>8}{'MFU <=':>8}",
+    ]
+    for stage in result["stages"]:
+        for s in stage["steps"]:
+            mem = s["memory"]["total"] / GiB
+            coll = ", ".join(
+                f"{k.replace('collective-', 'c')} {int(v['count'])} {v['bytes'] / GiB:.2f}"
+                for k, v in s["collectives"].items()
+            ) or "none"
+            ratio = s["compiler_flops"] / s["model_flops"] if s["model_flops"] else float("nan")
+            est = s.get("estimate_over_compiled")
+            roof = s["roofline"]
+            mfu = f"{roof['mfu_bound']:.1%}" if s["model_flops"] else "-"
+            est_text = f"{est:.2f}" if est else "-"
+            ratio_text = f"{ratio:.2f}" if s["model_flops"] else "-"
+            lines.append(
+                f"{stage['stage'] + '/' + s['step']:<22}{stage['topology']:>12}{s['chips']:>6}{mem:>9.2f}"
+                f"{s['hbm_bytes'] / GiB:>6.0f}{'FITS' if s['fits'] else 'DOES NOT FIT':>13}"
+                f"{est_text:>8}{s['compiler_flops'] / 1e12:>11.3f}"
+                f"{ratio_text:>10}  {coll:<40}"
+                f"{roof['step_s']:>10.4f}{roof['bound_by']:>8}"
+                f"{mfu:>8}"
+            )
+    lines.append("")
+    for stage in result["stages"]:
+        lines.append(
+            f"{stage['stage']}: {stage['runs']} run(s) x {stage['train_steps']} steps on {stage['topology']} "
+            f"({stage['chips']} chips): >= {stage['days_bound']:.2f} days ({stage['chip_days_bound']:.1f} chip-days)"
+        )
+    lines.append(f"whole experiment: >= {result['days_bound']:.2f} days at the roofline bound (evaluation excluded)")
+    return "\n".join(lines)
