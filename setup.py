@@ -23,6 +23,8 @@ DATA = [
     "sentencepiece>=0.2,<0.3",
     "array_record>=0.8,<0.9",  # pre-tokenized ArrayRecord shards (also a tfds dependency)
 ]
+# jax[tpu] pins the libtpu built for the installed jax (jax 0.10.2: libtpu 0.0.42.*).
+TPU = ["jax[tpu]>=0.7,<0.11"]
 SUMMARIES = [
     "clu>=0.0.12,<0.1",
     "tensorboard>=2.18,<2.22",
@@ -39,6 +41,9 @@ setuptools.setup(
     extras_require={
         # The accelerator image has only the JAX side: `pip install --no-deps -e .`
         # there, plus gin-config and ml_collections; bench runs on that alone.
-        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "pytest-timeout>=2.3,<3"],
+        # libtpu, for `python -m doremi_jax.aot` (compile-only TPU topologies on any host).
+        # Not in the default install; the tests need it for the ahead-of-time test.
+        "tpu": TPU,
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "pytest-timeout>=2.3,<3", *TPU],
     },
 )

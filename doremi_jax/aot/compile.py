@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from doremi_jax import bench, dro, hardware, sharding
 from doremi_jax.aot import hlo
@@ -57,7 +59,9 @@ class StepReport:
     stage: str
     step: str  # lm_step | doremi_step | eval_step
     chips: int
-    memory: dict[str, int]  # per chip: arguments, outputs, aliased, temporaries, code, total
+    # Per chip: arguments, outputs, aliased, temporaries, code, total; or, when XLA
+    # refused the program for lack of HBM, the total it asked for and its message.
+    memory: dict[str, Any]
     hbm_bytes: float
     model_flops: float  # per chip per step (the benchmark's count; 0 for the eval step)
     compiler_flops: float  # per chip per step, XLA's count of the loop-free program
@@ -68,7 +72,7 @@ class StepReport:
 
     @property
     def fits(self) -> bool:
-        return self.memory["total"] <= self.hbm_bytes
+        return "compile_error" not in self.memory and self.memory["total"] <= self.hbm_bytes
 
 
 def abstract_batch(mesh, rows: int, length: int) -> dict[str, jax.ShapeDtypeStruct]:
@@ -82,13 +86,16 @@ def abstract_batch(mesh, rows: int, length: int) -> dict[str, jax.ShapeDtypeStru
     }
 
 
-def _lowered(plan: StagePlan, model_cfg: TransformerConfig, mesh, step: str, num_domains: int):
-    """The jitted step of `plan` for `model_cfg`, lowered against shapes."""
+def _lowered(plan: StagePlan, model_cfg: TransformerConfig, mesh, step: str, num_domains: int,
+             reference_cfg: TransformerConfig | None = None):
+    """The jitted step of `plan` for `model_cfg` (and, for the DoReMi step, the reference
+    `reference_cfg`, by default the stage's own), lowered against shapes."""
     rules = plan.mesh.rules
     tx = make_optimizer(plan.optimizer, plan.config.train_steps)
     weight_tx = dro.multiplicative_weights(plan.doremi.learning_rate, plan.doremi.smoothing)
     state, state_shardings, param_shardings = loop.abstract_state(model_cfg, tx, num_domains, mesh, rules, weight_tx)
-    batch = abstract_batch(mesh, plan.config.batch_size, plan.config.sequence_length)
+    rows = (plan.config.eval_batch_size or plan.config.batch_size) if step == "eval_step" else plan.config.batch_size
+    batch = abstract_batch(mesh, rows, plan.config.sequence_length)
     model = Transformer(model_cfg)
     with sharding.activate(mesh, rules):
         if step == "eval_step":
@@ -96,16 +103,34 @@ def _lowered(plan: StagePlan, model_cfg: TransformerConfig, mesh, step: str, num
         args = (model, tx, weight_tx, num_domains, plan.doremi, plan.config.microbatches, mesh, state_shardings)
         if step == "lm_step":
             return loop.jit_step(*args).lower(state, batch)
-        reference_cfg = _reference_model(plan, model_cfg)
+        reference_cfg = reference_cfg or plan.doremi.reference_model or plan.model
         ref_params, ref_shardings = loop.abstract_params(reference_cfg, mesh, rules)
         fn = loop.jit_step(*args, reference=(Transformer(reference_cfg), ref_shardings))
         return fn.lower(state, batch, ref_params)
 
 
-def _reference_model(plan: StagePlan, model_cfg: TransformerConfig) -> TransformerConfig:
-    reference = plan.doremi.reference_model or plan.model
-    # The cost-only compile unrolls the proxy; the reference is unrolled with it.
-    return dataclasses.replace(reference, scan_layers=model_cfg.scan_layers)
+def _loop_free_costs(plan: StagePlan, mesh, step: str, num_domains: int) -> tuple[float, float]:
+    """XLA's FLOPs and bytes of `step` compiled without loops. A scanned stack is costed
+    from unrolled stacks of one and two layers (layers are identical, so the cost is
+    affine in depth): compiling 32 unrolled layers of an 8B model would take many
+    minutes on a small host; a handful of layers takes seconds."""
+    def cost(layers: int, reference_layers: int):
+        model = dataclasses.replace(plan.model, num_layers=layers, scan_layers=False)
+        ref = plan.doremi.reference_model or plan.model
+        ref = dataclasses.replace(ref, num_layers=reference_layers, scan_layers=False)
+        compiled = _lowered(plan, model, mesh, step, num_domains, ref).compile(compiler_options=_NO_WINDOWED_EINSUM)
+        return np.asarray(_costs(compiled))
+
+    depth = plan.model.num_layers
+    ref_depth = (plan.doremi.reference_model or plan.model).num_layers if step == "doremi_step" else depth
+    if not plan.model.scan_layers:
+        return tuple(cost(depth, ref_depth))
+    base = cost(1, 1)
+    if ref_depth == depth:
+        total = base + (depth - 1) * (cost(2, 2) - base)
+    else:
+        total = base + (depth - 1) * (cost(2, 1) - base) + (ref_depth - 1) * (cost(1, 2) - base)
+    return float(total[0]), float(total[1])
 
 
 def _costs(compiled) -> tuple[float, float]:
@@ -142,26 +167,35 @@ def compile_stage(plan: StagePlan, devices: list, chip: hardware.Chip, num_domai
             f"[{plan.name}] BATCH_SIZE={cfg.batch_size} is not divisible by the {dp} data-parallel chips"
             + (f" x {cfg.microbatches} microbatches" if cfg.microbatches > 1 else "")
         )
+    if (cfg.eval_batch_size or cfg.batch_size) % dp:
+        raise loop.TrainingError(
+            f"[{plan.name}] TrainConfig.eval_batch_size={cfg.eval_batch_size} is not divisible by the {dp} "
+            "data-parallel chips"
+        )
     flops = bench.model_flops_per_step(plan.model, cfg.batch_size, cfg.sequence_length)
-    loop_free = dataclasses.replace(plan.model, scan_layers=False)
+    flops["eval_step"] *= (cfg.eval_batch_size or cfg.batch_size) / cfg.batch_size
     reports = []
     for step in stage_steps(plan):
-        compiled = _lowered(plan, plan.model, mesh, step, num_domains).compile()
-        text = compiled.as_text()
-        if plan.model.scan_layers or " while(" in text:
-            cost_compiled = _lowered(plan, loop_free, mesh, step, num_domains).compile(
-                compiler_options=_NO_WINDOWED_EINSUM
-            )
-        else:
-            cost_compiled = compiled
-        compiler_flops, traffic = _costs(cost_compiled)
-        found, unknown = hlo.collectives(text)
         estimate = None
         if step != "eval_step":
             estimate = sum(loop.memory_estimate(
                 plan.model, mesh, plan.mesh.rules, plan.optimizer.name, cfg.batch_size // cfg.microbatches,
                 cfg.sequence_length, plan.run == "doremi",
             ).values())
+        try:
+            compiled = _lowered(plan, plan.model, mesh, step, num_domains).compile()
+        except jax.errors.JaxRuntimeError as e:
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            # XLA refuses a program over the chip's HBM; its message carries the figure.
+            reports.append(_does_not_fit(plan, step, len(devices), chip, str(e), flops, estimate))
+            continue
+        text = compiled.as_text()
+        if " while(" in text:
+            compiler_flops, traffic = _loop_free_costs(plan, mesh, step, num_domains)
+        else:
+            compiler_flops, traffic = _costs(compiled)
+        found, unknown = hlo.collectives(text)
         reports.append(StepReport(
             stage=plan.name,
             step=step,
@@ -178,11 +212,32 @@ def compile_stage(plan: StagePlan, devices: list, chip: hardware.Chip, num_domai
     return reports
 
 
+_NEEDED = re.compile(r"required for [^(]*\(([\d.]+)([KMGT])\)[^(]*\(([\d.]+)([KMGT])\)")
+_UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _does_not_fit(plan, step, chips, chip, message, flops, estimate) -> StepReport:
+    """The report of a step XLA would not compile for lack of HBM, with its figures."""
+    first = message.strip().splitlines()[0]
+    m = _NEEDED.search(first)
+    needed = float(m.group(1)) * _UNITS[m.group(2)] if m else math.nan
+    available = float(m.group(3)) * _UNITS[m.group(4)] if m else chip.hbm_bytes
+    return StepReport(
+        stage=plan.name, step=step, chips=chips,
+        memory={"total": needed, "compile_error": first.split(":", 1)[-1].strip()},
+        hbm_bytes=available, model_flops=flops.get(step, 0.0) / chips, compiler_flops=math.nan,
+        hbm_traffic_bytes=math.nan, collectives={}, unknown_loops=0, estimate_bytes=estimate,
+    )
+
+
 def roofline(report: StepReport, chip: hardware.Chip) -> dict[str, Any]:
     """A lower bound on the step time from the datasheet: the slowest of the compute
     (XLA's FLOPs at the bf16 peak), the HBM traffic at its bandwidth and the ICI traffic
     of the collectives at the chip's bidirectional ICI bandwidth (as if all overlapped
     perfectly); hence an upper bound on MFU."""
+    if "compile_error" in report.memory:
+        return {"compute_s": math.nan, "hbm_s": math.nan, "ici_s": math.nan, "step_s": math.nan,
+                "bound_by": "-", "mfu_bound": math.nan}
     compute = report.compiler_flops / chip.bf16_flops_per_s
     memory = report.hbm_traffic_bytes / chip.hbm_bytes_per_s
     ici_traffic = sum(c["traffic"] for c in report.collectives.values())

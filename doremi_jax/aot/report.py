@@ -52,7 +52,7 @@ def to_json(plans: Sequence[StagePlan], reports: Sequence[StepReport], chips: di
 def format_table(result: dict[str, Any]) -> str:
     lines = [
         f"{'stage/step':<22}{'topology':>12}{'chips':>6}{'mem GiB':>9}{'HBM':>6}{'fits':>13}"
-        f"{'est/XLA':>8}{'TFLOP/chip':>11}{'XLA/model':>10}{"  collectives (count, GiB/step)":<42}"
+        f"{'est/XLA':>8}{'TFLOP/chip':>11}{'XLA/model':>10}{'  collectives (count, GiB/step)':<42}"
         f"{'step s >=':>10}{'bound':>8}{'MFU <=':>8}",
     ]
     for stage in result["stages"]:

@@ -10,6 +10,7 @@ logging; they say nothing about the compile, so its native stderr is muted while
 from __future__ import annotations
 
 import importlib.util
+import os
 
 from doremi_jax import hardware, quiet
 
@@ -22,13 +23,19 @@ def devices(topology: str, num_slices: int = 1) -> tuple[list, hardware.Chip]:
     """Compile-only devices of `topology` (`v5p:2x2x2`, `v4:4x4x4`, `v5e:16x16`) times
     `num_slices` (slices joined over DCN), and the chip's datasheet. One device per chip:
     v4 and v5p as megacores, as a TPU VM presents them."""
-    chip = hardware.tpu_chip(topology)
+    try:
+        chip = hardware.tpu_chip(topology)
+    except ValueError as e:
+        raise TopologyError(str(e)) from None
     if importlib.util.find_spec("libtpu") is None:
         raise TopologyError(
             "compiling for a TPU topology needs libtpu: pip install -e '.[tpu]' (or jax[tpu])"
         )
     from jax.experimental import topologies
 
+    # libtpu locks /tmp/libtpu_lockfile for the one process that may own the host's
+    # TPU; compile-only devices own nothing, so several compiles may run side by side.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     kwargs = {"num_slices": num_slices} if num_slices > 1 else {}
     if chip.name == "v4":
         kwargs["chip_config_name"] = "megacore"

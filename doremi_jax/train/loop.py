@@ -44,6 +44,10 @@ class TrainConfig:
     log_every: int = 10  # progress line; metrics.jsonl gets every step
     eval_every: int = 0  # 0: evaluate at the end only
     eval_tokens_per_domain: int = 16_384
+    # Rows per evaluation batch (0: batch_size). The evaluation keeps the logits of a
+    # whole batch, B x L x vocabulary floats: at the Pile's 256k vocabulary a training
+    # batch of 512 x 1024 needs 125 GiB per chip on 8 chips (`python -m doremi_jax.aot`).
+    eval_batch_size: int = 0
     checkpoint_every: int = 100
     keep_checkpoints: int = 3
     async_checkpoints: bool = True
@@ -400,6 +404,10 @@ def train(
             f"BATCH_SIZE={config.batch_size} is not divisible by the {dp} data-parallel devices"
             + (f" x {config.microbatches} microbatches" if config.microbatches > 1 else "")
         )
+    if config.eval_batch_size % dp:
+        raise TrainingError(
+            f"TrainConfig.eval_batch_size={config.eval_batch_size} is not divisible by the {dp} data-parallel devices"
+        )
     fixed_sampling = inputs.named_weights(sampling_weights, corpus)
     budget = config.train_steps * config.batch_size * config.sequence_length
     counts = corpus.token_counts("train")
@@ -480,7 +488,7 @@ def train(
     start = int(state.step)
     evaluator = perplexity.Evaluator(
         transformer, device_mesh, mesh.rules, param_shardings, corpus.streams["validation"],
-        domains, config.sequence_length, config.batch_size, config.eval_tokens_per_domain,
+        domains, config.sequence_length, config.eval_batch_size or config.batch_size, config.eval_tokens_per_domain,
     )
     downstream_eval = None
     if downstream.tasks:

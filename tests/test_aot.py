@@ -1,0 +1,187 @@
+"""`python -m doremi_jax.aot`: an experiment's steps compiled for a TPU topology on this host.
+
+Compile-only TPU devices come from libtpu (the test extra installs it); nothing runs on
+a TPU and no parameter is materialised.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from doremi_jax import bench, hardware, sharding
+from doremi_jax.aot import compile as aot_compile, hlo, topology
+from doremi_jax.models import TransformerConfig
+from doremi_jax.train import loop
+from doremi_jax.train.state import OptimizerConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOPOLOGY = "v5p:2x2x2"  # 8 chips on 2 hosts
+
+RULES = {
+    "data": sharding.MeshConfig(data=-1, fsdp=1, tensor=1, rules=tuple(
+        (name, ("data", "fsdp") if name == "activation_batch" else None) for name, _ in sharding.DEFAULT_RULES)),
+    "fsdp": sharding.MeshConfig(data=1, fsdp=-1, tensor=1, rules=tuple(
+        (name, "fsdp" if name == "embed" else (("data", "fsdp") if name == "activation_batch" else None))
+        for name, _ in sharding.DEFAULT_RULES)),
+    "tensor": sharding.MeshConfig(data=1, fsdp=-1, tensor=2),  # FSDP x tensor (the default rules)
+}
+# Big enough that matmuls dominate XLA's count (its element-wise FLOPs are a few % here).
+MODEL = TransformerConfig(vocab_size=512, embed_dim=256, num_layers=2, num_heads=4, head_dim=64, mlp_dim=1024,
+                          max_length=128, dtype="bfloat16")
+
+
+def run_aot(*args):
+    return subprocess.run([sys.executable, "-m", "doremi_jax.aot", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def devices():
+    return topology.devices(TOPOLOGY)
+
+
+def _plan(mesh_cfg, run="lm"):
+    return aot_compile.StagePlan(
+        name="proxy" if run == "doremi" else "main", run=run, model=MODEL, mesh=mesh_cfg,
+        optimizer=OptimizerConfig(), config=loop.TrainConfig(batch_size=32, sequence_length=128),
+        doremi=loop.DroConfig(),
+    )
+
+
+@pytest.mark.parametrize("rules", ["data", "fsdp", "tensor"])
+def test_steps_compile_for_a_tpu_topology_under_each_sharding(devices, rules):
+    devs, chip = devices
+    assert chip.name == "v5p" and len(devs) == 8
+    plan = _plan(RULES[rules], run="doremi" if rules == "fsdp" else "lm")
+    reports = aot_compile.compile_stage(plan, devs, chip, num_domains=4)
+    assert [r.step for r in reports] == [aot_compile.stage_steps(plan)[0], "eval_step"]
+    mesh = sharding.make_mesh(plan.mesh, devs)
+    params, _ = loop.abstract_params(MODEL, mesh, plan.mesh.rules)
+    whole = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+    per_chip = sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(params))
+    train, evaluation = reports
+    # Per chip: the train step's arguments hold the params and AdamW's two moments as
+    # sharded (an eighth of the whole under FSDP, all of it replicated under data), and
+    # the DoReMi step the reference's params too (TPU layouts pad small arrays: +25%).
+    expected = (4 if plan.run == "doremi" else 3) * per_chip
+    assert expected <= train.memory["arguments"] < 1.25 * expected + 2**20
+    if rules == "data":
+        assert per_chip == whole
+    else:
+        assert per_chip < whole / 3 and 3 * per_chip < evaluation.memory["arguments"] * 3
+    assert per_chip <= evaluation.memory["arguments"] < per_chip + 2**20
+    for r in reports:
+        assert 0 < r.memory["total"] < chip.hbm_bytes and r.fits
+    # XLA's FLOPs against the model count of what XLA executes (dense attention scores),
+    # per chip; and the DoReMi step's extra reference forward is in both.
+    executed = bench.model_flops_per_step(MODEL, 32, 128, causal_savings=False)[train.step] / 8
+    assert train.compiler_flops == pytest.approx(executed, rel=0.05)
+    assert train.model_flops == bench.model_flops_per_step(MODEL, 32, 128)[train.step] / 8
+    if rules != "data":
+        assert sum(c["count"] for c in train.collectives.values()) >= 1
+        assert train.collectives["all-gather"]["count"] + train.collectives.get(
+            "collective-permute", {"count": 0})["count"] >= 1
+    roof = aot_compile.roofline(train, chip)
+    assert roof["step_s"] >= train.compiler_flops / chip.bf16_flops_per_s
+    assert 0 < roof["mfu_bound"] <= 1
+
+
+def test_collectives_are_counted_per_loop_iteration():
+    body = """HloModule m, entry_computation_layout={()->()}
+
+%cond (p: (s32[], bf16[8,128])) -> pred[] {
+  %p = (s32[], bf16[8,128]{1,0}) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %n = s32[] constant(12)
+  ROOT %lt = pred[] compare(%i, %n), direction=LT
+}
+
+%body (p.1: (s32[], bf16[8,128])) -> (s32[], bf16[8,128]) {
+  %p.1 = (s32[], bf16[8,128]{1,0}) parameter(0)
+  %x = bf16[8,128]{1,0} get-tuple-element(%p.1), index=1
+  %ag = bf16[64,128]{1,0} all-gather(%x), replica_groups=[1,8]<=[8], dimensions={0}
+  ROOT %t = (s32[], bf16[8,128]{1,0}) tuple(%i, %x)
+}
+
+ENTRY %main (a: bf16[8,128]) -> bf16[8,128] {
+  %a = bf16[8,128]{1,0} parameter(0)
+  %ar = bf16[8,128]{1,0} all-reduce(%a), replica_groups={{0,1,2,3}}, to_apply=%add
+  %w = (s32[], bf16[8,128]{1,0}) while(%init), condition=%cond, body=%body
+  ROOT %r = bf16[8,128]{1,0} get-tuple-element(%w), index=1
+}
+"""
+    found, unknown = hlo.collectives(body)
+    assert unknown == 0
+    assert found["all-gather"].count == 12 and found["all-gather"].bytes == 12 * 64 * 128 * 2
+    assert found["all-gather"].traffic == pytest.approx(12 * 64 * 128 * 2 * 7 / 8)
+    assert found["all-reduce"].count == 1 and found["all-reduce"].traffic == pytest.approx(2 * 8 * 128 * 2 * 3 / 4)
+
+
+def test_aot_entry_compiles_every_stage_of_an_experiment(tmp_path):
+    """The pipeline experiment as a user runs it: reference, proxy (with its reference
+    forward) and main, each with its evaluation step, a table and JSON."""
+    out = tmp_path / "aot.json"
+    result = run_aot(
+        "--gin_file=gin/experiments/demo.gin", "--gin_file=gin/models/tiny.gin", "--gin_file=gin/sharding/fsdp.gin",
+        "--gin.main/BATCH_SIZE=64", f"--topology={TOPOLOGY}", "--topology=main=v5e:2x4", "--num_domains=4",
+        f"--json={out}",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "FITS" in result.stdout and "whole experiment" in result.stdout
+    report = json.loads(out.read_text())
+    assert [s["stage"] for s in report["stages"]] == ["reference", "proxy", "main"]
+    steps = {s["stage"]: [x["step"] for x in s["steps"]] for s in report["stages"]}
+    assert steps == {"reference": ["lm_step", "eval_step"], "proxy": ["doremi_step", "eval_step"],
+                     "main": ["lm_step", "eval_step"]}
+    stages = {s["stage"]: s for s in report["stages"]}
+    assert stages["main"]["topology"] == "v5e:2x4" and stages["main"]["chip"] == "v5e"
+    assert stages["main"]["batch_size"] == 64 and stages["proxy"]["batch_size"] == 16  # scoped binding
+    # The demo: two rounds of reference and proxy, the DoReMi and baseline main models.
+    assert (stages["reference"]["runs"], stages["proxy"]["runs"], stages["main"]["runs"]) == (2, 2, 2)
+    for stage in report["stages"]:
+        for step in stage["steps"]:
+            assert step["fits"] and step["memory"]["total"] > 0
+            assert step["roofline"]["step_s"] > 0
+    assert report["days_bound"] == pytest.approx(sum(s["days_bound"] for s in report["stages"]))
+
+
+def test_a_configuration_that_cannot_fit_is_reported_before_anything_runs(tmp_path):
+    out = tmp_path / "aot.json"
+    result = run_aot(
+        "--gin_file=gin/runs/lm.gin", "--gin_file=gin/models/tiny.gin",
+        "--gin.TransformerConfig.vocab_size=131072", "--gin.BATCH_SIZE=1024", "--gin.SEQUENCE_LENGTH=256",
+        "--topology=v5e:2x2", "--num_domains=4", f"--json={out}",
+    )
+    assert result.returncode == 1, result.stderr
+    assert "DOES NOT FIT" in result.stdout
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: DOES NOT FIT: train/lm_step needs ") and "of 16 GiB" in last
+    step = json.loads(out.read_text())["stages"][0]["steps"][0]
+    assert not step["fits"] and step["memory"]["total"] > 16 * 2**30
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--topology=v9:2x2"], "unknown TPU 'v9'"),
+    ([], "--topology=NAME is required"),
+    (["--topology=v5p:2x2x2", "--topology=proxyy=v5p:2x2x1"], "--topology for ['proxyy']"),
+    (["--topology=v5p:3x3x3"], "topology 'v5p:3x3x3'"),
+])
+def test_bad_topologies_fail_in_one_line(args, message):
+    result = run_aot("--gin_file=gin/runs/lm.gin", "--gin_file=gin/models/tiny.gin", *args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+
+
+def test_datasheets():
+    assert hardware.datasheet_peak("TPU v5 lite") == 197e12
+    assert hardware.datasheet_peak("TPU v5") == 459e12
+    assert hardware.datasheet_peak("NVIDIA H200") == 989e12
+    assert hardware.tpu_chip("v4:4x4x4").hbm_bytes == 32 * 2**30
+    assert np.isclose(hardware.tpu_chip("v6e:2x2").bf16_flops_per_s, 918e12)
