@@ -185,3 +185,15 @@ def test_datasheets():
     assert hardware.datasheet_peak("NVIDIA H200") == 989e12
     assert hardware.tpu_chip("v4:4x4x4").hbm_bytes == 32 * 2**30
     assert np.isclose(hardware.tpu_chip("v6e:2x2").bf16_flops_per_s, 918e12)
+
+
+def test_microbatched_steps_are_costed_per_microbatch(devices):
+    """A microbatched step is a loop over microbatches: its FLOPs are those of the whole
+    batch, not of one microbatch (XLA's count of the loop body alone)."""
+    devs, chip = devices
+    whole = aot_compile.compile_stage(_plan(RULES["data"]), devs, chip, num_domains=4)[0]
+    plan = _plan(RULES["data"])
+    plan = aot_compile.StagePlan(**{**plan.__dict__, "config": loop.TrainConfig(batch_size=32, sequence_length=128,
+                                                                                   microbatches=2)})
+    split = aot_compile.compile_stage(plan, devs, chip, num_domains=4)[0]
+    assert split.compiler_flops == pytest.approx(whole.compiler_flops, rel=0.03)

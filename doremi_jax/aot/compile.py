@@ -113,7 +113,19 @@ def _loop_free_costs(plan: StagePlan, mesh, step: str, num_domains: int) -> tupl
     """XLA's FLOPs and bytes of `step` compiled without loops. A scanned stack is costed
     from unrolled stacks of one and two layers (layers are identical, so the cost is
     affine in depth): compiling 32 unrolled layers of an 8B model would take many
-    minutes on a small host; a handful of layers takes seconds."""
+    minutes on a small host; two layers take seconds."""
+    # Microbatches are a scan too: cost one microbatch's step and count it per microbatch
+    # (the exact DoReMi accumulation adds one proxy forward over the batch).
+    repeats, extra_flops = 1, 0.0
+    if step != "eval_step" and plan.config.microbatches > 1:
+        repeats = plan.config.microbatches
+        config = dataclasses.replace(plan.config, batch_size=plan.config.batch_size // repeats, microbatches=1)
+        if step == "doremi_step" and plan.doremi.accumulation == "exact":
+            extra_flops = bench.model_flops_per_step(
+                plan.model, plan.config.batch_size, plan.config.sequence_length, causal_savings=False
+            )["eval_step"] / mesh.size
+        plan = dataclasses.replace(plan, config=config)
+
     def cost(layers: int, reference_layers: int):
         model = dataclasses.replace(plan.model, num_layers=layers, scan_layers=False)
         ref = plan.doremi.reference_model or plan.model
@@ -124,13 +136,14 @@ def _loop_free_costs(plan: StagePlan, mesh, step: str, num_domains: int) -> tupl
     depth = plan.model.num_layers
     ref_depth = (plan.doremi.reference_model or plan.model).num_layers if step == "doremi_step" else depth
     if not plan.model.scan_layers:
-        return tuple(cost(depth, ref_depth))
-    base = cost(1, 1)
-    if ref_depth == depth:
-        total = base + (depth - 1) * (cost(2, 2) - base)
+        total = cost(depth, ref_depth)
     else:
-        total = base + (depth - 1) * (cost(2, 1) - base) + (ref_depth - 1) * (cost(1, 2) - base)
-    return float(total[0]), float(total[1])
+        base = cost(1, 1)
+        if ref_depth == depth:
+            total = base + (depth - 1) * (cost(2, 2) - base)
+        else:
+            total = base + (depth - 1) * (cost(2, 1) - base) + (ref_depth - 1) * (cost(1, 2) - base)
+    return float(total[0]) * repeats + extra_flops, float(total[1]) * repeats
 
 
 def _costs(compiled) -> tuple[float, float]:
