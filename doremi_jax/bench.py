@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from doremi_jax import dro, hardware, sharding
-from doremi_jax.models import Transformer, TransformerConfig, param_count
+from doremi_jax.models import Transformer, TransformerConfig, model_flops_per_step, param_count
 from doremi_jax.train import loop
 from doremi_jax.train.state import OptimizerConfig, make_optimizer
 
@@ -37,24 +37,6 @@ class BenchConfig:
     timed_steps: int = 10
     matmul_size: int = 2048
     data: bool = True  # also time the input pipeline on the demo corpus
-
-
-def model_flops_per_step(cfg: TransformerConfig, batch: int, length: int, causal_savings: bool = True) -> dict[str, float]:
-    """Training FLOPs of one LM step and one DoReMi step (MaxText's count), and the
-    evaluation step's forward.
-
-    Weights: 6·N·tokens (forward 2, backward 4), N without the input embedding lookup
-    (the tied output projection is a real matmul and counts once). Attention scores and
-    values: 4·B·S²·H·D per layer forward, halved for the causal mask (unless
-    `causal_savings` is off: what a dense attention executes), ×3 for training.
-    The DoReMi step adds one reference forward: 2·N·tokens plus forward attention.
-    """
-    tokens = batch * length
-    n = param_count(cfg) - (0 if cfg.tied_embeddings else cfg.vocab_size * cfg.embed_dim)
-    attn_fwd = 4 * batch * length**2 * cfg.num_heads * cfg.head_dim * cfg.num_layers / (2 if causal_savings else 1)
-    forward = 2 * n * tokens + attn_fwd
-    lm = 3 * forward
-    return {"lm_step": lm, "doremi_step": lm + forward, "eval_step": forward, "tokens": tokens}
 
 
 def _median_time(fn, repeats: int) -> float:

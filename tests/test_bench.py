@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import pytest
 
 from doremi_jax import bench
-from doremi_jax.models import Transformer, TransformerConfig, param_count
+from doremi_jax.models import Transformer, TransformerConfig, model_flops_per_step, param_count
 
 TINY = TransformerConfig(vocab_size=256, embed_dim=128, num_layers=2, num_heads=4, head_dim=32, mlp_dim=512, max_length=512)
 
@@ -17,7 +17,7 @@ def test_model_flops_match_xla_count_of_the_forward():
     the compiled forward (which computes the full, unhalved attention and adds a little
     element-wise work): a missing or unhalved attention term is 16% off here."""
     batch, length = 4, 512  # long enough that attention is a third of the forward
-    flops = bench.model_flops_per_step(TINY, batch, length)
+    flops = model_flops_per_step(TINY, batch, length)
     forward = flops["doremi_step"] - flops["lm_step"]  # the DoReMi step adds one reference forward
     assert flops["lm_step"] == pytest.approx(3 * forward)  # training: forward + backward (2x)
     # XLA computes the masked half of the causal scores too: QK^T and PV, 2 FLOPs per MAC.

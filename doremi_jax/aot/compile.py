@@ -24,11 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from doremi_jax import bench, dro, hardware, sharding
+from doremi_jax import dro, hardware, sharding
 from doremi_jax.aot import hlo
 from doremi_jax.data import sampler
 from doremi_jax.eval import perplexity
-from doremi_jax.models import Transformer, TransformerConfig
+from doremi_jax.models import Transformer, TransformerConfig, model_flops_per_step
 from doremi_jax.train import loop
 from doremi_jax.train.state import OptimizerConfig, make_optimizer
 
@@ -121,7 +121,7 @@ def _loop_free_costs(plan: StagePlan, mesh, step: str, num_domains: int) -> tupl
         repeats = plan.config.microbatches
         config = dataclasses.replace(plan.config, batch_size=plan.config.batch_size // repeats, microbatches=1)
         if step == "doremi_step" and plan.doremi.accumulation == "exact":
-            extra_flops = bench.model_flops_per_step(
+            extra_flops = model_flops_per_step(
                 plan.model, plan.config.batch_size, plan.config.sequence_length, causal_savings=False
             )["eval_step"] / mesh.size
         plan = dataclasses.replace(plan, config=config)
@@ -180,12 +180,16 @@ def compile_stage(plan: StagePlan, devices: list, chip: hardware.Chip, num_domai
             f"[{plan.name}] BATCH_SIZE={cfg.batch_size} is not divisible by the {dp} data-parallel chips"
             + (f" x {cfg.microbatches} microbatches" if cfg.microbatches > 1 else "")
         )
+    if cfg.sequence_length > plan.model.max_length:
+        raise loop.TrainingError(
+            f"[{plan.name}] SEQUENCE_LENGTH={cfg.sequence_length} exceeds the model's max_length={plan.model.max_length}"
+        )
     if (cfg.eval_batch_size or cfg.batch_size) % dp:
         raise loop.TrainingError(
             f"[{plan.name}] TrainConfig.eval_batch_size={cfg.eval_batch_size} is not divisible by the {dp} "
             "data-parallel chips"
         )
-    flops = bench.model_flops_per_step(plan.model, cfg.batch_size, cfg.sequence_length)
+    flops = model_flops_per_step(plan.model, cfg.batch_size, cfg.sequence_length)
     flops["eval_step"] *= (cfg.eval_batch_size or cfg.batch_size) / cfg.batch_size
     reports = []
     for step in stage_steps(plan):
@@ -244,13 +248,16 @@ def _does_not_fit(plan, step, chips, chip, message, flops, estimate) -> StepRepo
 
 
 def roofline(report: StepReport, chip: hardware.Chip) -> dict[str, Any]:
-    """A lower bound on the step time from the datasheet: the slowest of the compute
-    (XLA's FLOPs at the bf16 peak), the HBM traffic at its bandwidth and the ICI traffic
-    of the collectives at the chip's bidirectional ICI bandwidth (as if all overlapped
-    perfectly); hence an upper bound on MFU."""
+    """A roofline estimate of the step time from the datasheet: the slowest of the
+    compute (XLA's FLOPs at the bf16 peak), the HBM traffic (XLA's bytes accessed) at
+    its bandwidth and the collectives' ICI traffic at the chip's bidirectional ICI
+    bandwidth, as if they overlapped perfectly; and the MFU at that time. The compute
+    time alone is a strict lower bound (`compute_s`, `mfu_compute_bound`); XLA counts
+    the bytes of every fused op's operands and results, which can exceed what reaches
+    HBM, so an HBM-bound estimate may be pessimistic."""
     if "compile_error" in report.memory:
         return {"compute_s": math.nan, "hbm_s": math.nan, "ici_s": math.nan, "step_s": math.nan,
-                "bound_by": "-", "mfu_bound": math.nan}
+                "bound_by": "-", "mfu": math.nan, "mfu_compute_bound": math.nan}
     compute = report.compiler_flops / chip.bf16_flops_per_s
     memory = report.hbm_traffic_bytes / chip.hbm_bytes_per_s
     ici_traffic = sum(c["traffic"] for c in report.collectives.values())
@@ -263,5 +270,6 @@ def roofline(report: StepReport, chip: hardware.Chip) -> dict[str, Any]:
         "ici_s": ici,
         "step_s": step_s,
         "bound_by": max(bound, key=bound.get),
-        "mfu_bound": report.model_flops / (step_s * chip.bf16_flops_per_s) if report.model_flops else math.nan,
+        "mfu": report.model_flops / (step_s * chip.bf16_flops_per_s) if report.model_flops else math.nan,
+        "mfu_compute_bound": report.model_flops / (max(compute, 1e-12) * chip.bf16_flops_per_s),
     }

@@ -106,6 +106,24 @@ def param_count(cfg: TransformerConfig) -> int:
     return cfg.num_layers * per_layer + embed + cfg.embed_dim
 
 
+def model_flops_per_step(cfg: TransformerConfig, batch: int, length: int, causal_savings: bool = True) -> dict[str, float]:
+    """Training FLOPs of one LM step and one DoReMi step (MaxText's count), and the
+    evaluation step's forward.
+
+    Weights: 6·N·tokens (forward 2, backward 4), N without the input embedding lookup
+    (the tied output projection is a real matmul and counts once). Attention scores and
+    values: 4·B·S²·H·D per layer forward, halved for the causal mask (unless
+    `causal_savings` is off: what a dense attention executes), ×3 for training.
+    The DoReMi step adds one reference forward: 2·N·tokens plus forward attention.
+    """
+    tokens = batch * length
+    n = param_count(cfg) - (0 if cfg.tied_embeddings else cfg.vocab_size * cfg.embed_dim)
+    attn_fwd = 4 * batch * length**2 * cfg.num_heads * cfg.head_dim * cfg.num_layers / (2 if causal_savings else 1)
+    forward = 2 * n * tokens + attn_fwd
+    lm = 3 * forward
+    return {"lm_step": lm, "doremi_step": lm + forward, "eval_step": forward, "tokens": tokens}
+
+
 def _dense_init(fan_in: int):
     return nn.initializers.normal(stddev=fan_in**-0.5)
 
