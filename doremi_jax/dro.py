@@ -33,30 +33,36 @@ def domain_sums(values, domain_ids, loss_mask, num_domains):
     return sums, counts
 
 
-def domain_mean_losses(token_loss, domain_ids, loss_mask, num_domains):
-    """Per-domain mean token loss, float32[num_domains]; 0 where a domain has no token.
+def domain_mean_losses(token_loss, domain_ids, loss_mask, num_domains, counts=None):
+    """Per-domain mean token loss, float32[num_domains]; 0 where a domain has no token;
+    and the token counts.
 
     token_loss: float32[batch, length] (nats per token); domain_ids: int[batch, length];
-    loss_mask: [batch, length], 1 for tokens that count.
+    loss_mask: [batch, length], 1 for tokens that count. With `counts` (the whole batch's,
+    when these arrays are one microbatch of it), the sums are divided by those instead:
+    the microbatches' results then add up to the whole batch's means.
     """
-    sums, counts = domain_sums(token_loss, domain_ids, loss_mask, num_domains)
+    sums, own_counts = domain_sums(token_loss, domain_ids, loss_mask, num_domains)
+    counts = own_counts if counts is None else counts
     return sums / jnp.maximum(counts, 1.0), counts
 
 
-def domain_excess_losses(proxy_token_loss, ref_token_loss, domain_ids, loss_mask, num_domains):
+def domain_excess_losses(proxy_token_loss, ref_token_loss, domain_ids, loss_mask, num_domains, counts=None):
     """λ_t: float32[num_domains], per-domain mean of max(ℓ_proxy − ℓ_ref, 0).
 
     The mean runs over the domain's unmasked tokens in the whole batch (the global
-    batch when the arrays are sharded); a domain absent from the batch gets 0.
+    batch when the arrays are sharded; `counts` as in `domain_mean_losses` for a
+    microbatch); a domain absent from the batch gets 0.
     """
     excess = jnp.maximum(proxy_token_loss - ref_token_loss, 0.0)
-    lam, _ = domain_mean_losses(excess, domain_ids, loss_mask, num_domains)
+    lam, _ = domain_mean_losses(excess, domain_ids, loss_mask, num_domains, counts)
     return lam
 
 
-def weighted_domain_loss(token_loss, domain_ids, loss_mask, domain_weights):
-    """Σ_i α[i]·mean_i(ℓ): the proxy objective. domain_weights: float32[k], not differentiated."""
-    means, _ = domain_mean_losses(token_loss, domain_ids, loss_mask, domain_weights.shape[0])
+def weighted_domain_loss(token_loss, domain_ids, loss_mask, domain_weights, counts=None):
+    """Σ_i α[i]·mean_i(ℓ): the proxy objective. domain_weights: float32[k], not
+    differentiated; `counts` as in `domain_mean_losses` for a microbatch."""
+    means, _ = domain_mean_losses(token_loss, domain_ids, loss_mask, domain_weights.shape[0], counts)
     return jnp.sum(jax.lax.stop_gradient(domain_weights) * means)
 
 

@@ -126,30 +126,30 @@ def doremi_step(
     `fast` weights the gradient by α_{t−1}, as the reference PyTorch implementation does.
     """
     ids, mask = batch["domain_ids"], batch["decoder_loss_weights"]
+    # The whole batch's token counts: every per-domain mean below divides by these, so
+    # that microbatch terms add up to the whole batch's (the dro functions, as tested).
     _, counts = dro.domain_sums(mask, ids, mask, num_domains)
     total_tokens = jnp.maximum(mask.sum(), 1.0)
 
     def objective(tl, mb, weights):
         if mode == "reweight":
-            sums, _ = dro.domain_sums(tl, mb["domain_ids"], mb["decoder_loss_weights"], num_domains)
-            # Σ_i α[i]·sum_i/count_i with the counts of the global batch, so that the
-            # microbatch terms add up to Σ_i α[i]·mean_i over the whole batch (Eq. in §2.2).
-            return jnp.sum(jax.lax.stop_gradient(weights) * sums / jnp.maximum(counts, 1.0))
+            # Σ_i α[i]·mean_i(ℓ_θ) (§2.2), α not differentiated.
+            return dro.weighted_domain_loss(tl, mb["domain_ids"], mb["decoder_loss_weights"], weights, counts)
         return jnp.sum(tl * mb["decoder_loss_weights"]) / total_tokens
 
     def reference_losses(mb):
         # Forward only: nothing is differentiated through the reference.
         return jax.lax.stop_gradient(token_losses(reference_model, reference_params, mb))
 
-    def excess_sums(proxy_tl, ref_tl, mb):
-        excess = jnp.maximum(proxy_tl - ref_tl, 0.0)
-        proxy_sums, _ = dro.domain_sums(proxy_tl, mb["domain_ids"], mb["decoder_loss_weights"], num_domains)
-        ref_sums, _ = dro.domain_sums(ref_tl, mb["domain_ids"], mb["decoder_loss_weights"], num_domains)
-        exc_sums, _ = dro.domain_sums(excess, mb["domain_ids"], mb["decoder_loss_weights"], num_domains)
-        return exc_sums, proxy_sums, ref_sums
+    def domain_means(proxy_tl, ref_tl, mb):
+        """λ (this batch's share), and the proxy's and reference's per-domain means."""
+        ids, mask = mb["domain_ids"], mb["decoder_loss_weights"]
+        lam = dro.domain_excess_losses(proxy_tl, ref_tl, ids, mask, num_domains, counts)
+        proxy_means, _ = dro.domain_mean_losses(proxy_tl, ids, mask, num_domains, counts)
+        ref_means, _ = dro.domain_mean_losses(ref_tl, ids, mask, num_domains, counts)
+        return lam, proxy_means, ref_means
 
-    def update_weights(exc_sums):
-        lam = exc_sums / jnp.maximum(counts, 1.0)
+    def update_weights(lam):
         if mode == "resample":
             lam = dro.carry_absent_domains(lam, counts, state.excess_estimate)
         updates, dro_state = weight_tx.update(lam, state.dro_state, state.domain_weights)
@@ -162,18 +162,18 @@ def doremi_step(
 
         def loss_fn(params):
             tl = token_losses(model, params, batch)
-            sums = excess_sums(jax.lax.stop_gradient(tl), ref_tl, batch)
-            lam, alpha, dro_state = update_weights(sums[0])
-            return objective(tl, batch, alpha), (sums, lam, alpha, dro_state)
+            means = domain_means(jax.lax.stop_gradient(tl), ref_tl, batch)
+            lam, alpha, dro_state = update_weights(means[0])
+            return objective(tl, batch, alpha), (means, lam, alpha, dro_state)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        (_, proxy_sums, ref_sums), lam, alpha, dro_state = aux
+        (_, proxy_means, ref_means), lam, alpha, dro_state = aux
     elif accumulation == "exact":
         def forward(mb):
-            return excess_sums(token_losses(model, state.params, mb), reference_losses(mb), mb)
+            return domain_means(token_losses(model, state.params, mb), reference_losses(mb), mb)
 
-        _, proxy_sums, ref_sums = sums = _sum_over_microbatches(forward, batch, microbatches)
-        lam, alpha, dro_state = update_weights(sums[0])
+        batch_lam, proxy_means, ref_means = _sum_over_microbatches(forward, batch, microbatches)
+        lam, alpha, dro_state = update_weights(batch_lam)
 
         def loss_and_grad(mb):
             return jax.value_and_grad(lambda p: objective(token_losses(model, p, mb), mb, alpha))(state.params)
@@ -186,11 +186,10 @@ def doremi_step(
                 return objective(tl, mb, state.domain_weights), tl
 
             (loss, tl), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-            return loss, grads, excess_sums(tl, reference_losses(mb), mb)
+            return loss, grads, domain_means(tl, reference_losses(mb), mb)
 
-        loss, grads, sums = _sum_over_microbatches(loss_and_grad, batch, microbatches)
-        _, proxy_sums, ref_sums = sums
-        lam, alpha, dro_state = update_weights(sums[0])
+        loss, grads, (batch_lam, proxy_means, ref_means) = _sum_over_microbatches(loss_and_grad, batch, microbatches)
+        lam, alpha, dro_state = update_weights(batch_lam)
     else:
         raise ValueError(f"accumulation={accumulation!r}: expected 'exact' or 'fast'")
 
@@ -198,12 +197,11 @@ def doremi_step(
     new_state, grad_norm, ok = _finish(
         state, grads, loss, tx, lam_ok, domain_weights=alpha, dro_state=dro_state, excess_estimate=lam
     )
-    denom = jnp.maximum(counts, 1.0)
     metrics = {
         "loss": loss,
         "grad_norm": grad_norm,
-        "domain_loss": proxy_sums / denom,
-        "reference_domain_loss": ref_sums / denom,
+        "domain_loss": proxy_means,
+        "reference_domain_loss": ref_means,
         "excess_loss": lam,
         # From the new state: a skipped step reports the weights it kept.
         "domain_weights": new_state.domain_weights,
