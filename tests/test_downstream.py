@@ -12,7 +12,8 @@ import pytest
 
 from doremi_jax import sharding
 from doremi_jax.data.vocab import ByteVocabulary, PAD_ID
-from doremi_jax.eval import cloze, decoding, downstream, scoring
+from doremi_jax.data import scoring
+from doremi_jax.eval import cloze, decoding, downstream
 from doremi_jax.models import Transformer
 from doremi_jax.train import loop
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from doremi_jax import dro, sharding
+from doremi_jax import dro, losses, sharding
 from doremi_jax.data.corpus import TokenStream
 from doremi_jax.data.sampler import MixtureSampler
 from doremi_jax.train import loop, steps
@@ -107,5 +107,5 @@ def test_resample_mode_uses_the_plain_token_mean(setup):
     batch = setup["batch"](5)
     _, m = doremi(setup, copy(setup["state"]), batch, ref, mode="resample")
     mask = np.asarray(batch["decoder_loss_weights"])
-    tl = steps.token_losses(setup["model"], setup["state"].params, jax.device_get(batch))
+    tl = losses.token_losses(setup["model"], setup["state"].params, jax.device_get(batch))
     np.testing.assert_allclose(float(m["loss"]), float((np.asarray(tl) * mask).sum() / mask.sum()), rtol=1e-5)

@@ -9,7 +9,7 @@ answer and `answers` every gold answer. Importing this module registers them, so
 T5X project can evaluate with them too (`postprocess_fn` returns the gold answers of
 a target and the first line of a prediction; `metric_fns` is exact match).
 The trainer never imports this module; `eval/downstream.py` does when a TFDS task is
-asked for. Scoring (answer normalization, exact match) lives in `eval/scoring.py`.
+asked for. Scoring (answer normalization, exact match) lives in `data/scoring.py`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from doremi_jax.eval import scoring
-from doremi_jax.eval.scoring import Example
+from doremi_jax.data import scoring
+from doremi_jax.data.scoring import Example
 
 
 @dataclasses.dataclass(frozen=True)

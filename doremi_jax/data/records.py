@@ -16,6 +16,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from doremi_jax import fileio
+from doremi_jax.data.streams import CorpusError, join_documents
 
 SUFFIXES = (".tfrecord", ".array_record")
 
@@ -60,8 +61,6 @@ def read_documents(path: str, feature: str = "targets") -> Iterator[np.ndarray]:
 
 def load_shards(files: Sequence[str], vocab, domain: str, feature: str = "targets"):
     """One TokenStream from the shards of a domain's split, ids checked against `vocab`."""
-    from doremi_jax.data.corpus import CorpusError, join_documents
-
     documents = []
     for path in files:
         try:

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from doremi_jax.data.corpus import TokenStream
-from doremi_jax.eval.scoring import Example
+from doremi_jax.data.scoring import Example
 
 
 def cloze_examples(

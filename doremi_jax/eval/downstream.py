@@ -11,8 +11,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from doremi_jax.eval import cloze, decoding, scoring
-from doremi_jax.eval.scoring import Example
+from doremi_jax.data import scoring
+from doremi_jax.eval import cloze, decoding
+from doremi_jax.data.scoring import Example
 
 CLOZE = "cloze"
 # The one-shot TFDS tasks of data/oneshot_tasks.py (named here so that a bad name fails

@@ -10,9 +10,8 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from doremi_jax import sharding
+from doremi_jax import losses, sharding
 from doremi_jax.data.sampler import eval_batches
-from doremi_jax.train import steps
 
 
 @dataclasses.dataclass
@@ -56,7 +55,7 @@ def jit_eval_step(model, mesh, param_shardings, num_domains: int):
     """(params, batch) -> per-domain (loss sums, token counts), replicated: the step the
     evaluator runs and the ahead-of-time compile (`doremi_jax.aot`) lowers."""
     return jax.jit(
-        functools.partial(steps.eval_step, model=model, num_domains=num_domains),
+        functools.partial(losses.eval_step, model=model, num_domains=num_domains),
         in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
         out_shardings=sharding.replicated(mesh),
     )

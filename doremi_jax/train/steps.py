@@ -15,20 +15,10 @@ import jax.numpy as jnp
 import optax
 
 from doremi_jax import dro
+from doremi_jax.losses import token_losses
 from doremi_jax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
-
-
-def token_losses(model, params, batch: Batch) -> jax.Array:
-    """Per-token cross-entropy in nats, float32[batch, length] (padding included; mask later)."""
-    logits = model.apply(
-        {"params": params},
-        batch["decoder_input_tokens"],
-        batch["decoder_positions"],
-        batch["decoder_segment_ids"],
-    )
-    return optax.softmax_cross_entropy_with_integer_labels(logits, batch["decoder_target_tokens"])
 
 
 def _split_microbatches(batch: Batch, microbatches: int) -> Batch:
@@ -213,9 +203,3 @@ def doremi_step(
         **_step_health(new_state, ok),
     }
     return new_state, metrics
-
-
-def eval_step(params, batch: Batch, *, model, num_domains: int):
-    """Per-domain sum of token losses (nats) and token counts over one batch."""
-    tl = token_losses(model, params, batch)
-    return dro.domain_sums(tl, batch["domain_ids"], batch["decoder_loss_weights"], num_domains)

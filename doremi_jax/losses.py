@@ -1,0 +1,28 @@
+"""Token losses of a model on a batch, and the evaluation step: what training and
+evaluation share (below both, so that neither imports the other for them)."""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+from doremi_jax import dro
+
+Batch = dict[str, jax.Array]
+
+
+def token_losses(model, params, batch: Batch) -> jax.Array:
+    """Per-token cross-entropy in nats, float32[batch, length] (padding included; mask later)."""
+    logits = model.apply(
+        {"params": params},
+        batch["decoder_input_tokens"],
+        batch["decoder_positions"],
+        batch["decoder_segment_ids"],
+    )
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch["decoder_target_tokens"])
+
+
+def eval_step(params, batch: Batch, *, model, num_domains: int):
+    """Per-domain sum of token losses (nats) and token counts over one batch."""
+    tl = token_losses(model, params, batch)
+    return dro.domain_sums(tl, batch["domain_ids"], batch["decoder_loss_weights"], num_domains)
