@@ -1,8 +1,14 @@
 """Details that bias λ: the proxy's data stream, absent domains in resample mode, early stop."""
 
+import json
+import os
+import subprocess
+import sys
+
 import jax.numpy as jnp
 import numpy as np
 import optax
+from conftest import REPO
 
 from doremi_jax import config, dro
 from doremi_jax.data.corpus import TokenStream
@@ -94,3 +100,50 @@ def test_early_stop_waits_for_the_weights_not_for_the_average():
     assert dro.early_stop_reached(settled[-window:], average[-1], 0.01, len(steps))
     # At step w the window's mean is ᾱ itself: too early to tell.
     assert not dro.early_stop_reached(drift[:window], np.mean(drift[:window], 0), 0.01, window)
+
+
+def test_stratified_batches_split_rows_by_the_weights_on_every_host():
+    """Stratified: each step's rows are divided between the domains in proportion to the
+    weights (largest remainders); the global batch is the same however hosts split it."""
+    from doremi_jax.data.sampler import stratified_domains
+
+    weights = np.asarray([0.5, 0.3, 0.15, 0.05])
+    for step in range(20):
+        domains = stratified_domains((7,), step, weights, 16)
+        np.testing.assert_array_equal(np.bincount(domains, minlength=4), [8, 5, 2, 1])
+    assert not np.array_equal(stratified_domains((7,), 0, weights, 16), stratified_domains((7,), 1, weights, 16))
+    uniform = np.full(4, 0.25)
+    assert all(np.bincount(stratified_domains((0,), s, uniform, 6), minlength=4).min() >= 1 for s in range(50))
+
+    rng = np.random.default_rng(0)
+    streams = [TokenStream(rng.integers(3, 200, 5000).astype(np.int32), np.asarray([0, 2500]), 5000)
+               for _ in range(4)]
+    sampler = MixtureSampler(streams, 32, seed=(3,), stratified_batch=8)
+    whole = sampler.batch(4, range(8), uniform)
+    halves = [sampler.batch(4, rows, uniform) for rows in (range(0, 4), range(4, 8))]
+    for name in whole:
+        np.testing.assert_array_equal(whole[name], np.concatenate([h[name] for h in halves]))
+    np.testing.assert_array_equal(np.bincount(whole["domain_ids"][:, 0], minlength=4), [2, 2, 2, 2])
+
+
+def test_stratified_run_from_the_command_line_sees_every_domain_every_step(tmp_path):
+    """`--gin.DataConfig.stratified=True` on the trainer: every step's metrics count tokens
+    of every domain (8 rows, 4 domains); drawn per row, some step misses a domain."""
+    def domain_tokens(workdir, *flags):
+        result = subprocess.run(
+            [sys.executable, "-m", "doremi_jax.train", "--gin_file=gin/runs/reference.gin",
+             "--gin_file=gin/models/tiny.gin", "--gin.BATCH_SIZE=8", "--gin.TRAIN_STEPS=10",
+             "--gin.REFERENCE_WEIGHTS='uniform'", "--gin.TrainConfig.tensorboard=False", *flags,
+             f"--workdir={workdir}"],
+            cwd=REPO, capture_output=True, text=True, timeout=600,
+        )
+        assert result.returncode == 0, result.stderr
+        rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+        return np.asarray([[v for k, v in sorted(r.items()) if k.startswith("domain_tokens/")]
+                           for r in rows if "domain_tokens/code" in r])
+
+    stratified = domain_tokens(tmp_path / "stratified", "--gin.DataConfig.stratified=True")
+    assert stratified.shape == (10, 4) and stratified.min() > 0
+    drawn = domain_tokens(tmp_path / "drawn")
+    assert drawn.min() == 0
+    assert json.loads(open(tmp_path / "stratified" / "run.json").read())["stratified"] is True

@@ -28,6 +28,11 @@ class DataConfig:
     record_feature: str = "targets"  # token-id feature of .tfrecord / .array_record shards
     on_decode_error: str = "fail"  # or "skip"
     packing: bool = True
+    # Stratified batches: each step's rows split between the domains in proportion to
+    # the sampling weights (largest remainders), instead of a domain drawn per row; with
+    # uniform weights and batch >= k no domain is ever absent from a step (a DoReMi
+    # proxy's λ of an absent domain is 0 for that step).
+    stratified: bool = False
     cache_dir: str | None = None
 
 

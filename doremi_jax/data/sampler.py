@@ -48,8 +48,13 @@ class MixtureSampler:
         sequence_length: int,
         seed: int | Sequence[int] = 0,
         packing: bool = True,
+        stratified_batch: int = 0,
     ):
+        """stratified_batch > 0 (the global batch size): each step's rows are split between
+        the domains in proportion to the weights (`stratified_domains`); 0: a domain is
+        drawn for each row independently."""
         self.streams = list(streams)
+        self.stratified_batch = int(stratified_batch)
         self.sequence_length = sequence_length
         self.seed = (int(seed),) if isinstance(seed, (int, np.integer)) else tuple(int(s) for s in seed)
         self.packing = packing
@@ -81,14 +86,32 @@ class MixtureSampler:
         """The given global rows of step `step`'s batch, sampled by `weights` (float[k])."""
         weights = np.asarray(weights, np.float64)
         cdf = np.cumsum(weights / weights.sum())
+        strata = stratified_domains(self.seed, step, weights, self.stratified_batch) if self.stratified_batch else None
         out = {name: [] for name in FEATURES}
         for r in rows:
             rng = np.random.default_rng([*self.seed, int(step), int(r)])
-            domain = min(int(np.searchsorted(cdf, rng.random(), side="right")), len(cdf) - 1)
+            if strata is not None:
+                domain = int(strata[r])
+            else:
+                domain = min(int(np.searchsorted(cdf, rng.random(), side="right")), len(cdf) - 1)
             for name, value in self._row(rng, domain).items():
                 out[name].append(value)
             out["domain_ids"].append(np.full(self.sequence_length, domain, np.int32))
         return {name: np.stack(v) for name, v in out.items()}
+
+
+def stratified_domains(seed: Sequence[int], step: int, weights: np.ndarray, batch_size: int) -> np.ndarray:
+    """The domain of every row of step `step`'s global batch, int[batch_size]: domain i
+    gets floor(B·w_i) rows plus one for the largest remainders (ties to the lower
+    index), in an order shuffled by (seed, step). Every host computes the same array."""
+    w = np.asarray(weights, np.float64)
+    quota = batch_size * w / w.sum()
+    counts = np.floor(quota).astype(np.int64)
+    short = batch_size - int(counts.sum())
+    counts[np.argsort(-(quota - counts), kind="stable")[:short]] += 1
+    domains = np.repeat(np.arange(len(w)), counts)
+    np.random.default_rng([*seed, int(step), 2**31 - 1]).shuffle(domains)  # a stream no row uses
+    return domains
 
 
 def window(stream: TokenStream, start: int, span: int, length: int) -> dict[str, np.ndarray]:

@@ -435,6 +435,8 @@ def train(
         "learning_rate": optimizer.learning_rate,
         "sampling_weights": np.round(np.asarray(fixed_sampling, np.float64), 8).tolist(),
     }
+    if data.stratified:  # only when on: workdirs from before the option stay resumable
+        identity["stratified"] = True
     if stage_fingerprint:
         identity["pipeline_stage"] = stage_fingerprint
     if eval_only and not fileio.exists(os.path.join(workdir, "run.json")):
@@ -512,7 +514,8 @@ def train(
     )
 
     sampler = sampler_lib.MixtureSampler(
-        corpus.streams["train"], config.sequence_length, seed_words, data.packing
+        corpus.streams["train"], config.sequence_length, seed_words, data.packing,
+        stratified_batch=config.batch_size if data.stratified else 0,
     )
     rows = sharding.local_batch_rows(device_mesh, config.batch_size)
     live_rates = run == "doremi" and doremi.mode == "resample"
