@@ -56,40 +56,37 @@ def _plan(mesh_cfg, run="lm"):
 
 @pytest.mark.parametrize("rules", ["data", "fsdp", "tensor"])
 def test_steps_compile_for_a_tpu_topology_under_each_sharding(devices, rules):
+    """The LM step, the DoReMi step (with its reference forward) and the eval step."""
     devs, chip = devices
     assert chip.name == "v5p" and len(devs) == 8
-    plan = _plan(RULES[rules], run="doremi" if rules == "fsdp" else "lm")
-    reports = aot_compile.compile_stage(plan, devs, chip, num_domains=4)
-    assert [r.step for r in reports] == [aot_compile.stage_steps(plan)[0], "eval_step"]
-    mesh = sharding.make_mesh(plan.mesh, devs)
-    params, _ = loop.abstract_params(MODEL, mesh, plan.mesh.rules)
+    lm, doremi = _plan(RULES[rules]), _plan(RULES[rules], run="doremi")
+    reports = aot_compile.compile_stage(lm, devs, chip, num_domains=4)
+    reports.append(aot_compile.compile_stage(doremi, devs, chip, num_domains=4)[0])
+    assert [r.step for r in reports] == ["lm_step", "eval_step", "doremi_step"]
+    mesh = sharding.make_mesh(lm.mesh, devs)
+    params, _ = loop.abstract_params(MODEL, mesh, lm.mesh.rules)
     whole = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
     per_chip = sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(params))
-    train, evaluation = reports
-    # Per chip: the train step's arguments hold the params and AdamW's two moments as
-    # sharded (an eighth of the whole under FSDP, all of it replicated under data), and
-    # the DoReMi step the reference's params too (TPU layouts pad small arrays: +25%).
-    expected = (4 if plan.run == "doremi" else 3) * per_chip
-    assert expected <= train.memory["arguments"] < 1.25 * expected + 2**20
-    if rules == "data":
-        assert per_chip == whole
-    else:
-        assert per_chip < whole / 3 and 3 * per_chip < evaluation.memory["arguments"] * 3
-    assert per_chip <= evaluation.memory["arguments"] < per_chip + 2**20
-    for r in reports:
-        assert 0 < r.memory["total"] < chip.hbm_bytes and r.fits
-    # XLA's FLOPs against the model count of what XLA executes (dense attention scores),
-    # per chip; and the DoReMi step's extra reference forward is in both.
-    executed = model_flops_per_step(MODEL, 32, 128, causal_savings=False)[train.step] / 8
-    assert train.compiler_flops == pytest.approx(executed, rel=0.05)
-    assert train.model_flops == model_flops_per_step(MODEL, 32, 128)[train.step] / 8
-    if rules != "data":
-        assert sum(c["count"] for c in train.collectives.values()) >= 1
-        assert train.collectives["all-gather"]["count"] + train.collectives.get(
-            "collective-permute", {"count": 0})["count"] >= 1
-    roof = aot_compile.roofline(train, chip)
-    assert roof["step_s"] >= train.compiler_flops / chip.bf16_flops_per_s
-    assert 0 < roof["mfu"] <= roof["mfu_compute_bound"] <= 1
+    assert per_chip == whole if rules == "data" else per_chip < whole / 3
+    lm_step, evaluation, doremi_step = reports
+    # Per chip: a train step's arguments hold the params and AdamW's two moments as
+    # sharded (an eighth of the whole under FSDP, all of it replicated under data), the
+    # DoReMi step the reference's params too (TPU layouts pad small arrays: +25%).
+    for step, copies in ((lm_step, 3), (doremi_step, 4), (evaluation, 1)):
+        assert copies * per_chip <= step.memory["arguments"] < 1.25 * copies * per_chip + 2**20, step.step
+        assert 0 < step.memory["total"] < chip.hbm_bytes and step.fits
+    for step in (lm_step, doremi_step):
+        # XLA's FLOPs against the model count of what XLA executes (dense attention
+        # scores), per chip; the DoReMi step's reference forward is in both.
+        executed = model_flops_per_step(MODEL, 32, 128, causal_savings=False)[step.step] / 8
+        assert step.compiler_flops == pytest.approx(executed, rel=0.05), step.step
+        assert step.model_flops == model_flops_per_step(MODEL, 32, 128)[step.step] / 8
+        if rules != "data":
+            assert sum(c["count"] for c in step.collectives.values()) >= 1
+        roof = aot_compile.roofline(step, chip)
+        assert roof["step_s"] >= step.compiler_flops / chip.bf16_flops_per_s
+        assert 0 < roof["mfu"] <= roof["mfu_compute_bound"] <= 1
+    assert doremi_step.compiler_flops > 1.2 * lm_step.compiler_flops  # the reference forward
 
 
 def test_collectives_are_counted_per_loop_iteration():
@@ -172,12 +169,24 @@ def test_a_configuration_that_cannot_fit_is_reported_before_anything_runs(tmp_pa
     ([], "--topology=NAME is required"),
     (["--topology=v5p:2x2x2", "--topology=proxyy=v5p:2x2x1"], "--topology for ['proxyy']"),
     (["--topology=v5p:3x3x3"], "topology 'v5p:3x3x3'"),
+    (["--topology=v5p:2x2x1", "--slices=2"], "--slices=2 but the train stage has MeshConfig.dcn_data=1"),
 ])
 def test_bad_topologies_fail_in_one_line(args, message):
     result = run_aot("--gin_file=gin/runs/lm.gin", "--gin_file=gin/models/tiny.gin", *args)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+
+
+def test_multislice_mesh_spans_the_slices_over_dcn(tmp_path):
+    out = tmp_path / "aot.json"
+    result = run_aot("--gin_file=gin/runs/lm.gin", "--gin_file=gin/models/tiny.gin", "--gin_file=gin/sharding/fsdp.gin",
+                     "--gin.MeshConfig.dcn_data=2", "--topology=v5p:2x2x1", "--slices=2", "--num_domains=4",
+                     f"--json={out}")
+    assert result.returncode == 0, result.stderr
+    stage = json.loads(out.read_text())["stages"][0]
+    assert stage["chips"] == 8 and stage["topology"] == "v5p:2x2x1 x2" and stage["mesh"]["dcn_data"] == 2
+    assert stage["steps"][0]["fits"] and stage["steps"][0]["collectives"]
 
 
 def test_datasheets():

@@ -67,6 +67,13 @@ def run(files, bindings, rest):
         raise config.ConfigError(
             f"--topology for {unknown}: this {kind} has stages {[p.name for p in plans]}"
         )
+    for plan in plans:
+        if plan.mesh.dcn_data != options["slices"]:
+            raise config.ConfigError(
+                f"--slices={options['slices']} but the {plan.name} stage has MeshConfig.dcn_data="
+                f"{plan.mesh.dcn_data}: the mesh's DCN axis spans the slices "
+                f"(--gin.MeshConfig.dcn_data={options['slices']})"
+            )
     chips, names, reports = {}, {}, []
     for plan in plans:
         name = topologies.get(plan.name, topologies.get("*"))
