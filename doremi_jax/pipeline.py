@@ -242,6 +242,7 @@ def run_pipeline(
             "proxy_steps": proxy_summary["step"],
             "proxy_stopped": proxy_summary["stopped"],
             "proxy_workdir": proxy.workdir,
+            "reference_workdir": ref.workdir,
         })
         print(f"round {k}: ‖ᾱ − α_ref‖∞ = {change:.4f} (tolerance {tolerance})", flush=True)
         reference_weights = os.path.join(proxy.workdir, "domain_weights.json")

@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from doremi_jax import fileio, metrics
+from doremi_jax import diagnostics, fileio, metrics
 
 
 def _curve(workdir: str, key: str = "eval/log_perplexity/average") -> tuple[list[int], list[float]]:
@@ -214,6 +214,23 @@ def _alpha_trajectories(proxy_dir: str, domains: Sequence[str]):
     return steps, alphas
 
 
+def _lambda_section(workdir: str, round_: Mapping[str, Any], domains: Sequence[str]) -> list[str]:
+    """The report's "is λ signal or lag?" section of one round, with its λ plot."""
+    proxy_dir = round_["proxy_workdir"]
+    reference_dir = round_.get("reference_workdir") or os.path.join(os.path.dirname(proxy_dir), "reference")
+    diag = diagnostics.lambda_diagnostics(proxy_dir, reference_dir, domains)
+    if not diag:
+        return []
+    k = round_["round"]
+    steps, lam = diagnostics.lambda_trajectories(proxy_dir, domains)
+    metrics.plot_lines(
+        os.path.join(workdir, f"lambda_round_{k}.png"), {d: (steps, lam[d]) for d in domains},
+        f"λ_t over proxy steps, moving average (round {k})", "proxy step", "excess loss λ_t (nats/token)",
+    )
+    return [f"## Is λ signal or lag? (round {k})", "", diagnostics.diagnostics_table(diag), "",
+            f"![λ_t round {k}](lambda_round_{k}.png)", ""]
+
+
 def write_report(workdir: str, rounds: list[dict], evaluation: Mapping[str, Any], doremi_dir: str, baseline_dir: str) -> str:
     domains = evaluation["domains"]
     baseline = [evaluation["baseline_weights"][d] for d in domains]
@@ -223,6 +240,7 @@ def write_report(workdir: str, rounds: list[dict], evaluation: Mapping[str, Any]
         {"baseline": baseline, **{f"DoReMi round {r['round']}": [r["average_domain_weights"][d] for d in domains] for r in rounds}},
         "Domain weights",
     )
+    lambda_sections = []
     for r in rounds:
         steps, alphas = _alpha_trajectories(r["proxy_workdir"], domains)
         metrics.plot_lines(
@@ -230,6 +248,7 @@ def write_report(workdir: str, rounds: list[dict], evaluation: Mapping[str, Any]
             {d: (steps, alphas[d]) for d in domains},
             f"α_t over proxy steps (round {r['round']})", "proxy step", "domain weight α_t",
         )
+        lambda_sections += _lambda_section(workdir, r, domains)
     metrics.plot_weights(
         os.path.join(workdir, "log_perplexity.png"), domains,
         {"baseline": [evaluation["baseline"]["log_perplexity"][d] for d in domains],
@@ -261,6 +280,7 @@ def write_report(workdir: str, rounds: list[dict], evaluation: Mapping[str, Any]
         "",
         *[f"![α_t round {r['round']}](alpha_round_{r['round']}.png)" for r in rounds],
         "",
+        *lambda_sections,
         "## Main models: DoReMi weights vs baseline weights",
         "",
         eval_table(evaluation),

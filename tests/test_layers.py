@@ -19,7 +19,7 @@ LAYERS = [
     {"data"},
     {"eval"},
     {"train"},
-    {"config", "cli", "report", "pipeline", "bench", "evaluate", "aot", "__init__"},
+    {"config", "cli", "report", "diagnostics", "pipeline", "bench", "evaluate", "aot", "__init__"},
 ]
 
 

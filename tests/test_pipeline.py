@@ -69,7 +69,9 @@ def test_outputs(finished):
     doremi_sampled = json.load(open(workdir / "main_doremi" / "summary.json"))["sampling_weights"]
     assert doremi_sampled == pytest.approx(weights, abs=1e-6)
     report = open(workdir / "report.md").read()
-    for png in ("weights.png", "alpha_round_1.png", "alpha_round_2.png", "log_perplexity.png", "average_log_perplexity.png"):
+    assert "## Is λ signal or lag? (round 1)" in report and "## Is λ signal or lag? (round 2)" in report
+    for png in ("weights.png", "alpha_round_1.png", "alpha_round_2.png", "log_perplexity.png", "average_log_perplexity.png",
+                "lambda_round_1.png", "lambda_round_2.png"):
         assert f"]({png})" in report
         assert (workdir / png).stat().st_size > 5000
     assert "| **average** |" in report and "| noise |" in report

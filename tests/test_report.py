@@ -1,5 +1,6 @@
 """The comparison over seeds: known answers from synthetic per-seed results."""
 
+import numpy as np
 import pytest
 
 from doremi_jax import report
@@ -31,3 +32,51 @@ def test_a_domain_counts_as_improved_only_beyond_its_spread():
     assert "Domains improved beyond the spread: 1 of 2 (steady)" in text
     assert "worst-case log-perplexity is within the spread" in text
     assert "1.50x to 1.50x (2 of 3 seeds reach it)" in text
+
+
+def test_lambda_diagnostics_split_the_gap_into_same_step_and_lag(tmp_path):
+    """A reference whose loss falls 5 -> 3 over 100 steps and a proxy a fixed δ_d above
+    it at every step: over the last 10 steps the gap to the final reference is
+    δ_d + (the reference's remaining progress), and the table says which dominates."""
+    import json
+
+    from doremi_jax import diagnostics
+
+    domains = ["a", "b"]
+    delta = {"a": 0.5, "b": 0.05}
+    ref_dir, proxy_dir = tmp_path / "reference", tmp_path / "proxy"
+    ref_dir.mkdir()
+    proxy_dir.mkdir()
+
+    def ref_loss(s):
+        return 5.0 - 2.0 * s / 100
+
+    with open(ref_dir / "metrics.jsonl", "w") as f:
+        for s in range(1, 101):
+            f.write(json.dumps({"step": s, **{f"domain_loss/{d}": ref_loss(s) for d in domains},
+                                **{f"domain_tokens/{d}": 64.0 for d in domains}}) + "\n")
+    with open(proxy_dir / "metrics.jsonl", "w") as f:
+        for s in range(1, 101):
+            tokens = {"a": 64.0, "b": 0.0 if s % 4 == 0 else 64.0}  # b absent from a quarter
+            proxy = {d: ref_loss(s) + delta[d] if tokens[d] else 0.0 for d in domains}
+            f.write(json.dumps({
+                "step": s,
+                **{f"domain_loss/{d}": proxy[d] for d in domains},
+                **{f"reference_domain_loss/{d}": 3.0 if tokens[d] else 0.0 for d in domains},
+                **{f"excess_loss/{d}": max(proxy[d] - 3.0, 0.0) if tokens[d] else 0.0 for d in domains},
+                **{f"domain_tokens/{d}": tokens[d] for d in domains},
+            }) + "\n")
+    diag = diagnostics.lambda_diagnostics(str(proxy_dir), str(ref_dir), domains)
+    assert diag["window_steps"] == [91, 100] and diag["reference_steps"] == 100
+    a, b = diag["domains"]["a"], diag["domains"]["b"]
+    lag_a = np.mean([ref_loss(s) - 3.0 for s in range(91, 101)])
+    lag_b = np.mean([ref_loss(s) - 3.0 for s in range(91, 101) if s % 4])
+    assert a["proxy_minus_reference_same_step"] == pytest.approx(0.5)
+    assert b["proxy_minus_reference_same_step"] == pytest.approx(0.05)
+    assert a["reference_progress_after"] == pytest.approx(lag_a)
+    assert b["reference_progress_after"] == pytest.approx(lag_b)
+    assert a["lambda"] == pytest.approx(0.5 + lag_a) and b["lambda"] == pytest.approx(0.05 + lag_b)
+    assert a["absent_share"] == 0 and b["absent_share"] == pytest.approx(0.25)
+    table = diagnostics.diagnostics_table(diag)
+    assert "| b |" in table and "25%" in table and "stratified=True" in table
+    assert "mostly the proxy against the reference" in table  # lag 0.11 against gaps 0.61 and 0.16
