@@ -93,7 +93,7 @@ def test_pile_experiment_as_the_tpu_launcher_runs_it(tmp_path):
     launch = subprocess.run(
         ["bash", os.path.join(REPO, "launch", "tpu_vm.sh"), "--dry-run", "run", "pipeline", "pile120m",
          "--gin_file=gin/experiments/pile_120m.gin", f"--gin.DATA_DIR='{data}'", f"--gin.SPM_MODEL='{spm}'",
-         *SHRINK, "--gin.TRAIN_STEPS=4"],
+         *SHRINK, "--gin.TRAIN_STEPS=4", "--gin.TrainConfig.microbatches=1", "--gin.TrainConfig.eval_batch_size=8"],
         capture_output=True, text=True, timeout=60, env={**os.environ, "WORKDIR_ROOT": str(root)},
     )
     assert launch.returncode == 0, launch.stderr
