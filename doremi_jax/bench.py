@@ -23,7 +23,7 @@ import numpy as np
 
 from doremi_jax import dro, hardware, sharding
 from doremi_jax.models import Transformer, TransformerConfig, model_flops_per_step, param_count
-from doremi_jax.train import loop
+from doremi_jax.train import loop, setup
 from doremi_jax.train.state import OptimizerConfig, make_optimizer
 
 BENCH_GIN = "gin/bench.gin"  # the default bench model and sizes; parsed before the user's files
@@ -95,7 +95,7 @@ def benchmark(
     tx = make_optimizer(OptimizerConfig(), 1000)
     weight_tx = dro.multiplicative_weights(1.0, 1e-3)
     alpha0 = np.full(num_domains, 1.0 / num_domains)
-    state, state_sh, param_sh = loop.init_state(
+    state, state_sh, param_sh = setup.init_state(
         model, tx, alpha0, jax.random.PRNGKey(0), device_mesh, mesh.rules, weight_tx
     )
     reference = jax.tree.map(lambda x: x.copy(), state.params)
@@ -117,11 +117,11 @@ def benchmark(
     peak_before = measured_peak(jnp.dtype(model.dtype), bench.matmul_size)
 
     with sharding.activate(device_mesh, mesh.rules):
-        # The trainer's own jitted steps (loop.jit_step), compiled here so that compile
+        # The trainer's own jitted steps (setup.jit_step), compiled here so that compile
         # time is measured apart from the steps.
         step_args = (transformer, tx, weight_tx, num_domains, loop.DroConfig(), 1, device_mesh, state_sh)
-        lm = loop.jit_step(*step_args)
-        proxy = loop.jit_step(*step_args, reference=(transformer, param_sh))
+        lm = setup.jit_step(*step_args)
+        proxy = setup.jit_step(*step_args, reference=(transformer, param_sh))
         timings = {}
         for name, fn, args in (("lm_step", lm, ()), ("doremi_step", proxy, (reference,))):
             t = time.perf_counter()

@@ -17,7 +17,7 @@ import pytest
 from doremi_jax import hardware, sharding
 from doremi_jax.aot import compile as aot_compile, hlo, topology
 from doremi_jax.models import TransformerConfig, model_flops_per_step
-from doremi_jax.train import loop
+from doremi_jax.train import loop, setup
 from doremi_jax.train.state import OptimizerConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,7 +64,7 @@ def test_steps_compile_for_a_tpu_topology_under_each_sharding(devices, rules):
     reports.append(aot_compile.compile_stage(doremi, devs, chip, num_domains=4)[0])
     assert [r.step for r in reports] == ["lm_step", "eval_step", "doremi_step"]
     mesh = sharding.make_mesh(lm.mesh, devs)
-    params, _ = loop.abstract_params(MODEL, mesh, lm.mesh.rules)
+    params, _ = setup.abstract_params(MODEL, mesh, lm.mesh.rules)
     whole = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
     per_chip = sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(params))
     assert per_chip == whole if rules == "data" else per_chip < whole / 3

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from doremi_jax import checkpoints, dro, sharding
-from doremi_jax.train import loop
+from doremi_jax.train import setup
 from doremi_jax.train.state import OptimizerConfig, make_optimizer
 
 from helpers import TINY, damage_checkpoint
@@ -14,7 +14,7 @@ from helpers import TINY, damage_checkpoint
 def make_state(seed, mesh_cfg):
     mesh = sharding.make_mesh(mesh_cfg)
     tx = make_optimizer(OptimizerConfig(), 10)
-    return loop.init_state(TINY, tx, np.full(3, 1 / 3), jax.random.PRNGKey(seed), mesh, mesh_cfg.rules, dro.multiplicative_weights()), mesh
+    return setup.init_state(TINY, tx, np.full(3, 1 / 3), jax.random.PRNGKey(seed), mesh, mesh_cfg.rules, dro.multiplicative_weights()), mesh
 
 
 def test_round_trip_into_another_mesh(tmp_path):
@@ -34,14 +34,14 @@ def test_round_trip_into_another_mesh(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     kernel = restored.params["layer_0"]["mlp"]["up"]["kernel"]
     assert kernel.sharding.spec == other_sh["layer_0"]["mlp"]["up"]["kernel"].spec
-    params = checkpoints.restore_params(str(tmp_path / "ck"), loop.abstract_params(TINY, sharding.make_mesh(fsdp), fsdp.rules)[0])
+    params = checkpoints.restore_params(str(tmp_path / "ck"), setup.abstract_params(TINY, sharding.make_mesh(fsdp), fsdp.rules)[0])
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_restore_params_errors(tmp_path):
     mesh_cfg = sharding.MeshConfig(data=-1)
-    abstract = loop.abstract_params(TINY, sharding.make_mesh(mesh_cfg), mesh_cfg.rules)[0]
+    abstract = setup.abstract_params(TINY, sharding.make_mesh(mesh_cfg), mesh_cfg.rules)[0]
     with pytest.raises(checkpoints.CheckpointError, match="no checkpoint folder"):
         checkpoints.restore_params(str(tmp_path / "none"), abstract)
     (tmp_path / "empty").mkdir()

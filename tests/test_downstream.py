@@ -15,7 +15,7 @@ from doremi_jax.data.vocab import ByteVocabulary, PAD_ID
 from doremi_jax.data import scoring
 from doremi_jax.eval import cloze, decoding, downstream
 from doremi_jax.models import Transformer
-from doremi_jax.train import loop
+from doremi_jax.train import loop, setup
 
 from helpers import TINY, train_kwargs, write_corpus
 
@@ -24,7 +24,7 @@ VOCAB = ByteVocabulary()
 
 def _sharded_params(cfg, mesh, scale=1.0):
     """Random params, scaled up so that greedy outputs change from token to token."""
-    _, shardings = loop.abstract_params(cfg, mesh, sharding.DEFAULT_RULES)
+    _, shardings = setup.abstract_params(cfg, mesh, sharding.DEFAULT_RULES)
     init = lambda r: jax.tree.map(  # noqa: E731
         lambda x: x * scale, nn.meta.unbox(Transformer(cfg).init(r, jnp.zeros((1, 8), jnp.int32))["params"])
     )

@@ -11,7 +11,7 @@ import pytest
 
 from doremi_jax import checkpoints, cli, sharding
 from doremi_jax.train import __main__ as train_main
-from doremi_jax.train import loop
+from doremi_jax.train import setup
 
 from conftest import REPO
 from helpers import TINY
@@ -60,7 +60,7 @@ def test_two_processes_equal_one(tmp_path):
     assert w2 == pytest.approx(w1, abs=1e-6)
     # Final parameters of both runs, restored from their orbax checkpoints.
     mesh_cfg = sharding.MeshConfig(data=-1)
-    abstract = loop.abstract_params(TINY, sharding.make_mesh(mesh_cfg), mesh_cfg.rules)[0]
+    abstract = setup.abstract_params(TINY, sharding.make_mesh(mesh_cfg), mesh_cfg.rules)[0]
     p1 = checkpoints.restore_params(os.path.join(single, "checkpoints"), abstract)
     p2 = checkpoints.restore_params(os.path.join(multi, "checkpoints"), abstract)
     for x, y in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):

@@ -16,7 +16,7 @@ import pytest
 
 from doremi_jax import checkpoints, cli, sharding
 from doremi_jax.train import __main__ as train_main
-from doremi_jax.train import loop
+from doremi_jax.train import setup
 
 from conftest import REPO
 from helpers import TINY
@@ -58,7 +58,7 @@ def stage_args(stage, reference):
 
 def final_state(workdir):
     mesh_cfg = sharding.MeshConfig(data=-1)
-    abstract = loop.abstract_params(TINY, sharding.make_mesh(mesh_cfg), mesh_cfg.rules)[0]
+    abstract = setup.abstract_params(TINY, sharding.make_mesh(mesh_cfg), mesh_cfg.rules)[0]
     params = checkpoints.restore_params(os.path.join(workdir, "checkpoints"), abstract)
     summary = json.load(open(os.path.join(workdir, "summary.json")))
     return params, summary

@@ -9,7 +9,7 @@ from jax.sharding import PartitionSpec as P
 
 from doremi_jax import dro, sharding
 from doremi_jax.data.sampler import MixtureSampler
-from doremi_jax.train import loop, steps
+from doremi_jax.train import loop, memory, setup, steps
 from doremi_jax.train.state import OptimizerConfig, make_optimizer
 
 from helpers import TINY
@@ -31,8 +31,8 @@ def proxy_run(name):
     tx = make_optimizer(OptimizerConfig(learning_rate=1e-2, warmup_steps=1), 100)
     weight_tx = dro.multiplicative_weights(1.0, 1e-3)
     alpha0 = np.full(K, 1 / K)
-    state, state_sh, param_sh = loop.init_state(TINY, tx, alpha0, jax.random.PRNGKey(0), mesh, rules, weight_tx)
-    ref_state, _, _ = loop.init_state(TINY, tx, alpha0, jax.random.PRNGKey(1), mesh, rules, weight_tx)
+    state, state_sh, param_sh = setup.init_state(TINY, tx, alpha0, jax.random.PRNGKey(0), mesh, rules, weight_tx)
+    ref_state, _, _ = setup.init_state(TINY, tx, alpha0, jax.random.PRNGKey(1), mesh, rules, weight_tx)
     model = loop.Transformer(TINY)
     step = jax.jit(
         functools.partial(steps.doremi_step, model=model, reference_model=model, tx=tx, weight_tx=weight_tx, num_domains=K),
@@ -99,9 +99,9 @@ def test_memory_estimate_counts_shards_and_fails_early(tmp_path):
     from doremi_jax.models import param_count
 
     big = dataclasses.replace(TINY, embed_dim=256, mlp_dim=1024, num_heads=8, head_dim=32)
-    one = loop.memory_estimate(big, sharding.make_mesh(sharding.MeshConfig(data=1), jax.devices()[:1]), DATA_PARALLEL_RULES, "adamw", 8, 64, True)
+    one = memory.memory_estimate(big, sharding.make_mesh(sharding.MeshConfig(data=1), jax.devices()[:1]), DATA_PARALLEL_RULES, "adamw", 8, 64, True)
     assert one["params"] == param_count(big) * 4 and one["optimizer"] == 2 * one["params"] and one["reference"] == one["params"]
-    split = loop.memory_estimate(big, sharding.make_mesh(sharding.MeshConfig(data=1, fsdp=4, tensor=2)), sharding.DEFAULT_RULES, "adamw", 8, 64, True)
+    split = memory.memory_estimate(big, sharding.make_mesh(sharding.MeshConfig(data=1, fsdp=4, tensor=2)), sharding.DEFAULT_RULES, "adamw", 8, 64, True)
     assert split["params"] < one["params"] / 6  # split 8 ways but for the small replicated norms
     assert split["activations"] < one["activations"]
     with pytest.raises(loop.TrainingError, match="exceeds TrainConfig.device_memory_gib=0.0001"):

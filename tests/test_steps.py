@@ -11,6 +11,7 @@ from doremi_jax import dro, losses, sharding
 from doremi_jax.data.corpus import TokenStream
 from doremi_jax.data.sampler import MixtureSampler
 from doremi_jax.train import loop, steps
+from doremi_jax.train import setup as train_setup  # `setup` is a fixture here
 from doremi_jax.train.state import OptimizerConfig, make_optimizer
 
 from helpers import TINY
@@ -32,7 +33,7 @@ def setup():
     tx = make_optimizer(OptimizerConfig(learning_rate=1e-2, warmup_steps=1), 100)
     weight_tx = dro.multiplicative_weights(1.0, 1e-3)
     alpha0 = np.full(K, 1 / K)
-    state, state_sh, param_sh = loop.init_state(TINY, tx, alpha0, jax.random.PRNGKey(0), mesh, sharding.DEFAULT_RULES, weight_tx)
+    state, state_sh, param_sh = train_setup.init_state(TINY, tx, alpha0, jax.random.PRNGKey(0), mesh, sharding.DEFAULT_RULES, weight_tx)
     sampler = MixtureSampler(streams(), 32, seed=0)
     rows = sharding.local_batch_rows(mesh, 16)
 

@@ -1,8 +1,8 @@
 """Lower and compile a stage's real steps against compile-only devices, and measure them.
 
-The steps are the trainer's own (`loop.jit_step`, `perplexity.jit_eval_step`) with the
+The steps are the trainer's own (`setup.jit_step`, `perplexity.jit_eval_step`) with the
 stage's model, batch, sequence length, mesh, sharding rules and remat policy, lowered
-against shapes (`loop.abstract_state`): no parameter is ever materialised. From the
+against shapes (`setup.abstract_state`): no parameter is ever materialised. From the
 executable: memory per chip (XLA's memory analysis), the collectives it runs per step
 (`hlo.collectives`), and XLA's FLOP and HBM byte counts.
 
@@ -29,7 +29,7 @@ from doremi_jax.aot import hlo
 from doremi_jax.data import sampler
 from doremi_jax.eval import perplexity
 from doremi_jax.models import Transformer, TransformerConfig, model_flops_per_step
-from doremi_jax.train import loop
+from doremi_jax.train import loop, memory, setup
 from doremi_jax.train.state import OptimizerConfig, make_optimizer
 
 # Compiler options of the cost-only compile (libtpu flags; the program that would run
@@ -93,7 +93,7 @@ def _lowered(plan: StagePlan, model_cfg: TransformerConfig, mesh, step: str, num
     rules = plan.mesh.rules
     tx = make_optimizer(plan.optimizer, plan.config.train_steps)
     weight_tx = dro.multiplicative_weights(plan.doremi.learning_rate, plan.doremi.smoothing)
-    state, state_shardings, param_shardings = loop.abstract_state(model_cfg, tx, num_domains, mesh, rules, weight_tx)
+    state, state_shardings, param_shardings = setup.abstract_state(model_cfg, tx, num_domains, mesh, rules, weight_tx)
     rows = (plan.config.eval_batch_size or plan.config.batch_size) if step == "eval_step" else plan.config.batch_size
     batch = abstract_batch(mesh, rows, plan.config.sequence_length)
     model = Transformer(model_cfg)
@@ -102,10 +102,10 @@ def _lowered(plan: StagePlan, model_cfg: TransformerConfig, mesh, step: str, num
             return perplexity.jit_eval_step(model, mesh, param_shardings, num_domains).lower(state.params, batch)
         args = (model, tx, weight_tx, num_domains, plan.doremi, plan.config.microbatches, mesh, state_shardings)
         if step == "lm_step":
-            return loop.jit_step(*args).lower(state, batch)
+            return setup.jit_step(*args).lower(state, batch)
         reference_cfg = reference_cfg or plan.doremi.reference_model or plan.model
-        ref_params, ref_shardings = loop.abstract_params(reference_cfg, mesh, rules)
-        fn = loop.jit_step(*args, reference=(Transformer(reference_cfg), ref_shardings))
+        ref_params, ref_shardings = setup.abstract_params(reference_cfg, mesh, rules)
+        fn = setup.jit_step(*args, reference=(Transformer(reference_cfg), ref_shardings))
         return fn.lower(state, batch, ref_params)
 
 
@@ -195,7 +195,7 @@ def compile_stage(plan: StagePlan, devices: list, chip: hardware.Chip, num_domai
     for step in stage_steps(plan):
         estimate = None
         if step != "eval_step":
-            estimate = sum(loop.memory_estimate(
+            estimate = sum(memory.memory_estimate(
                 plan.model, mesh, plan.mesh.rules, plan.optimizer.name, cfg.batch_size // cfg.microbatches,
                 cfg.sequence_length, plan.run == "doremi",
             ).values())

@@ -10,23 +10,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import signal
 import time
 from typing import Any
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from doremi_jax import checkpoints, dro, fileio, metrics as metrics_lib, sharding
 from doremi_jax.data import inputs, sampler as sampler_lib, stats, weights as weights_lib
 from doremi_jax.eval import downstream as downstream_lib, perplexity
 from doremi_jax.models import Transformer, TransformerConfig, param_count
-from doremi_jax.train import steps
-from doremi_jax.train.state import OptimizerConfig, TrainState, make_optimizer
+from doremi_jax.train import memory, setup
+from doremi_jax.train.state import OptimizerConfig, make_optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,56 +148,6 @@ def check_writable(workdir: str) -> None:
         raise TrainingError(f"workdir {workdir!r} is not writable: {e.strerror or e}") from None
 
 
-# A PRNG key as a shape: no array is made, so these run on compile-only devices too.
-_KEY_SHAPE = jax.ShapeDtypeStruct((2,), jnp.uint32)
-
-
-def abstract_params(model_cfg: TransformerConfig, mesh, rules):
-    """Shapes and shardings of a model's parameters, without allocating them."""
-    dummy = np.zeros((1, min(8, model_cfg.max_length)), np.int32)  # numpy: no device array
-    init = lambda r: Transformer(model_cfg).init(r, dummy)["params"]  # noqa: E731
-    with sharding.activate(mesh, rules):
-        boxed = jax.eval_shape(init, _KEY_SHAPE)
-        shardings = sharding.logical_shardings(nn.get_partition_spec(boxed), mesh, rules)
-    # Unboxed without a sharding constraint: these are shapes, not traced values.
-    shapes = jax.tree.map(
-        lambda x: x.unbox(apply_constraint=False), boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned)
-    )
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
-    return abstract, shardings
-
-
-def memory_estimate(model_cfg: TransformerConfig, mesh, rules, optimizer: str, batch_size: int,
-                    sequence_length: int, with_reference: bool) -> dict[str, float]:
-    """Per-device bytes: parameters, optimizer state, reference parameters, activations.
-
-    Parameters are counted shard by shard from the rules; AdamW keeps two float32
-    moments per parameter, Adafactor about one factored row and column (counted as 0.1).
-    Activations kept for the backward pass per layer and token: about 34·d + 5·mlp bytes
-    at 2-byte compute (the attention scores only within a block), less with remat; a
-    rough figure, meant to catch a configuration that cannot fit before a pod run.
-    """
-    abstract, _ = abstract_params(model_cfg, mesh, rules)
-    param_bytes = sum(
-        math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(abstract)
-    )
-    rows = batch_size / sharding.data_parallel_size(mesh)
-    tensor = mesh.shape["tensor"]
-    unit = jnp.dtype(model_cfg.dtype).itemsize
-    per_token = (17 * model_cfg.embed_dim + 2.5 * model_cfg.mlp_dim / tensor) * unit
-    keep = {"none": 1.0, "minimal": 0.5, "dots": 0.35, "full": 1.0 / 17}[model_cfg.remat_policy]
-    block = model_cfg.attention_block_size or sequence_length
-    scores = rows * model_cfg.num_heads / tensor * block * sequence_length * 4
-    activations = model_cfg.num_layers * (rows * sequence_length * per_token * keep + scores * keep)
-    logits = rows * sequence_length * model_cfg.vocab_size / tensor * 4 * 2
-    return {
-        "params": param_bytes,
-        "optimizer": param_bytes * (2.0 if optimizer == "adamw" else 0.1),
-        "reference": param_bytes if with_reference else 0.0,
-        "activations": activations + logits,
-    }
-
-
 def load_reference(reference_workdir, reference_cfg, domains, vocabulary, mesh, rules):
     """The reference model's params (sharded by the rules) and their shardings, after
     checking that it was trained on the same domains and vocabulary (by fingerprint:
@@ -216,127 +163,12 @@ def load_reference(reference_workdir, reference_cfg, domains, vocabulary, mesh, 
                 f"{ref_run.get('domains')} with vocabulary {ref_run.get('vocabulary')}; "
                 f"this run has {list(domains)} with {vocabulary}"
             )
-    ref_abstract, ref_shardings = abstract_params(reference_cfg, mesh, rules)
+    ref_abstract, ref_shardings = setup.abstract_params(reference_cfg, mesh, rules)
     try:
         params = checkpoints.restore_params(os.path.join(reference_workdir, "checkpoints"), ref_abstract)
     except checkpoints.CheckpointError as e:
         raise TrainingError(f"reference model: {e}") from None
     return params, ref_shardings
-
-
-def _init_fn(model_cfg, tx, weight_tx):
-    """rng, α_0 -> a fresh TrainState (traced under jit or eval_shape, never eagerly)."""
-    model = Transformer(model_cfg)
-    dummy = np.zeros((1, min(8, model_cfg.max_length)), np.int32)  # numpy: no device array
-
-    def init_fn(rng, alpha):
-        params = nn.meta.unbox(model.init(rng, dummy)["params"])
-        return TrainState(
-            step=jnp.zeros([], jnp.int32),
-            params=params,
-            opt_state=tx.init(params),
-            rng=rng,
-            domain_weights=alpha,
-            dro_state=weight_tx.init(alpha),
-            nonfinite_steps=jnp.zeros([], jnp.int32),
-            excess_estimate=-jnp.ones_like(alpha),  # < 0: not seen yet (dro.carry_absent_domains)
-        )
-
-    return init_fn
-
-
-def abstract_state(model_cfg, tx, num_domains, mesh, rules, weight_tx):
-    """The train state as shapes with their shardings (nothing allocated), its
-    shardings and the parameters' shardings: what `init_state` would build, and what
-    the ahead-of-time compile (`doremi_jax.aot`) lowers the steps against."""
-    _, param_shardings = abstract_params(model_cfg, mesh, rules)
-    alpha = jax.ShapeDtypeStruct((num_domains,), jnp.float32)
-    with sharding.activate(mesh, rules):
-        shapes = jax.eval_shape(_init_fn(model_cfg, tx, weight_tx), _KEY_SHAPE, alpha)
-        # Optimizer moments follow their parameters; everything else is replicated.
-        state_shardings = _state_shardings(shapes, param_shardings, mesh)
-    abstract = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, state_shardings
-    )
-    return abstract, state_shardings, param_shardings
-
-
-def init_state(model_cfg, tx, weights, rng, mesh, rules, weight_tx):
-    """The train state, initialised directly sharded (never materialised whole)."""
-    _, state_shardings, param_shardings = abstract_state(
-        model_cfg, tx, len(weights), mesh, rules, weight_tx
-    )
-    with sharding.activate(mesh, rules):
-        state = jax.jit(_init_fn(model_cfg, tx, weight_tx), out_shardings=state_shardings)(
-            rng, jnp.asarray(weights, jnp.float32)
-        )
-    return state, state_shardings, param_shardings
-
-
-def _state_shardings(abstract: TrainState, param_shardings, mesh):
-    replicated = sharding.replicated(mesh)
-    param_paths = {
-        path: s for path, s in jax.tree_util.tree_flatten_with_path(param_shardings)[0]
-    }
-
-    def opt_leaf(path, leaf):
-        # Adam's mu/nu mirror the params tree: match them by the path's tail.
-        for n in range(len(path), 0, -1):
-            s = param_paths.get(tuple(path[-n:]))
-            if s is not None and len(s.spec) <= len(leaf.shape):
-                return s
-        return replicated
-
-    opt_shardings = jax.tree_util.tree_map_with_path(opt_leaf, abstract.opt_state)
-    rest = jax.tree.map(lambda _: replicated, abstract)
-    return rest.replace(params=param_shardings, opt_state=opt_shardings)
-
-
-def jit_step(model, tx, weight_tx, num_domains, doremi, microbatches, mesh, state_shardings, reference=None):
-    """The jitted step with explicit shardings and the state donated, not yet bound to
-    data: (state, batch) -> (state, metrics), the LM step; or, with `reference` =
-    (reference model, its params' shardings), the DoReMi proxy step
-    (state, batch, reference params) -> (state, metrics). The trainer and the benchmark
-    both compile this one."""
-    batch_shard = sharding.batch_sharding(mesh)
-    replicated = sharding.replicated(mesh)
-    if reference is not None:
-        reference_model, ref_shardings = reference
-        return jax.jit(
-            lambda s, b, r: steps.doremi_step(
-                s, b, r,
-                model=model,
-                reference_model=reference_model,
-                tx=tx,
-                weight_tx=weight_tx,
-                num_domains=num_domains,
-                mode=doremi.mode,
-                microbatches=microbatches,
-                accumulation=doremi.accumulation,
-            ),
-            in_shardings=(state_shardings, batch_shard, ref_shardings),
-            out_shardings=(state_shardings, replicated),
-            donate_argnums=(0,),
-        )
-    return jax.jit(
-        lambda s, b: steps.lm_step(s, b, model=model, tx=tx, num_domains=num_domains, microbatches=microbatches),
-        in_shardings=(state_shardings, batch_shard),
-        out_shardings=(state_shardings, replicated),
-        donate_argnums=(0,),
-    )
-
-
-def compile_step(model, tx, weight_tx, num_domains, doremi, microbatches, mesh, state_shardings, reference=None):
-    """`run_step(state, batch) -> (state, metrics)`: `jit_step`, with the reference params
-    bound when `reference` is given as (reference model, its params, their shardings)."""
-    if reference is None:
-        return jit_step(model, tx, weight_tx, num_domains, doremi, microbatches, mesh, state_shardings)
-    reference_model, reference_params, ref_shardings = reference
-    step_fn = jit_step(
-        model, tx, weight_tx, num_domains, doremi, microbatches, mesh, state_shardings,
-        (reference_model, ref_shardings),
-    )
-    return lambda s, b: step_fn(s, b, reference_params)
 
 
 def train(
@@ -449,7 +281,7 @@ def train(
         )
     logging.info("model: %s parameters (%.1fM), mesh %s", f"{n_params:,}", n_params / 1e6, dict(device_mesh.shape))
 
-    estimate = memory_estimate(
+    estimate = memory.memory_estimate(
         model, device_mesh, mesh.rules, optimizer.name, config.batch_size // config.microbatches,
         config.sequence_length, run == "doremi",
     )
@@ -474,7 +306,7 @@ def train(
     rng = jax.random.PRNGKey(config.seed)
     if config.stream:
         rng = jax.random.fold_in(rng, seed_words[1])
-    state, state_shardings, param_shardings = init_state(
+    state, state_shardings, param_shardings = setup.init_state(
         model, tx, alpha0, rng, device_mesh, mesh.rules, weight_tx
     )
 
@@ -509,7 +341,7 @@ def train(
 
     # --- The compiled step.
     reference = (Transformer(reference_cfg), reference_params, ref_shardings) if run == "doremi" else None
-    run_step = compile_step(
+    run_step = setup.compile_step(
         transformer, tx, weight_tx, k, doremi, config.microbatches, device_mesh, state_shardings, reference
     )
 

@@ -1,0 +1,150 @@
+"""What the loop builds before its first step, and what the benchmark and the
+ahead-of-time compile build the same way: parameter and train-state shapes with their
+shardings (no array made, so compile-only devices serve too), the state initialised
+directly sharded, and the jitted steps with explicit shardings."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from doremi_jax import sharding
+from doremi_jax.models import Transformer, TransformerConfig
+from doremi_jax.train import steps
+from doremi_jax.train.state import TrainState
+
+
+# A PRNG key as a shape: no array is made, so these run on compile-only devices too.
+_KEY_SHAPE = jax.ShapeDtypeStruct((2,), jnp.uint32)
+
+
+def abstract_params(model_cfg: TransformerConfig, mesh, rules):
+    """Shapes and shardings of a model's parameters, without allocating them."""
+    dummy = np.zeros((1, min(8, model_cfg.max_length)), np.int32)  # numpy: no device array
+    init = lambda r: Transformer(model_cfg).init(r, dummy)["params"]  # noqa: E731
+    with sharding.activate(mesh, rules):
+        boxed = jax.eval_shape(init, _KEY_SHAPE)
+        shardings = sharding.logical_shardings(nn.get_partition_spec(boxed), mesh, rules)
+    # Unboxed without a sharding constraint: these are shapes, not traced values.
+    shapes = jax.tree.map(
+        lambda x: x.unbox(apply_constraint=False), boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned)
+    )
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
+    return abstract, shardings
+
+
+def _init_fn(model_cfg, tx, weight_tx):
+    """rng, α_0 -> a fresh TrainState (traced under jit or eval_shape, never eagerly)."""
+    model = Transformer(model_cfg)
+    dummy = np.zeros((1, min(8, model_cfg.max_length)), np.int32)  # numpy: no device array
+
+    def init_fn(rng, alpha):
+        params = nn.meta.unbox(model.init(rng, dummy)["params"])
+        return TrainState(
+            step=jnp.zeros([], jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            rng=rng,
+            domain_weights=alpha,
+            dro_state=weight_tx.init(alpha),
+            nonfinite_steps=jnp.zeros([], jnp.int32),
+            excess_estimate=-jnp.ones_like(alpha),  # < 0: not seen yet (dro.carry_absent_domains)
+        )
+
+    return init_fn
+
+
+def abstract_state(model_cfg, tx, num_domains, mesh, rules, weight_tx):
+    """The train state as shapes with their shardings (nothing allocated), its
+    shardings and the parameters' shardings: what `init_state` would build, and what
+    the ahead-of-time compile (`doremi_jax.aot`) lowers the steps against."""
+    _, param_shardings = abstract_params(model_cfg, mesh, rules)
+    alpha = jax.ShapeDtypeStruct((num_domains,), jnp.float32)
+    with sharding.activate(mesh, rules):
+        shapes = jax.eval_shape(_init_fn(model_cfg, tx, weight_tx), _KEY_SHAPE, alpha)
+        # Optimizer moments follow their parameters; everything else is replicated.
+        state_shardings = _state_shardings(shapes, param_shardings, mesh)
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, state_shardings
+    )
+    return abstract, state_shardings, param_shardings
+
+
+def init_state(model_cfg, tx, weights, rng, mesh, rules, weight_tx):
+    """The train state, initialised directly sharded (never materialised whole)."""
+    _, state_shardings, param_shardings = abstract_state(
+        model_cfg, tx, len(weights), mesh, rules, weight_tx
+    )
+    with sharding.activate(mesh, rules):
+        state = jax.jit(_init_fn(model_cfg, tx, weight_tx), out_shardings=state_shardings)(
+            rng, jnp.asarray(weights, jnp.float32)
+        )
+    return state, state_shardings, param_shardings
+
+
+def _state_shardings(abstract: TrainState, param_shardings, mesh):
+    replicated = sharding.replicated(mesh)
+    param_paths = {
+        path: s for path, s in jax.tree_util.tree_flatten_with_path(param_shardings)[0]
+    }
+
+    def opt_leaf(path, leaf):
+        # Adam's mu/nu mirror the params tree: match them by the path's tail.
+        for n in range(len(path), 0, -1):
+            s = param_paths.get(tuple(path[-n:]))
+            if s is not None and len(s.spec) <= len(leaf.shape):
+                return s
+        return replicated
+
+    opt_shardings = jax.tree_util.tree_map_with_path(opt_leaf, abstract.opt_state)
+    rest = jax.tree.map(lambda _: replicated, abstract)
+    return rest.replace(params=param_shardings, opt_state=opt_shardings)
+
+
+def jit_step(model, tx, weight_tx, num_domains, doremi, microbatches, mesh, state_shardings, reference=None):
+    """The jitted step with explicit shardings and the state donated, not yet bound to
+    data: (state, batch) -> (state, metrics), the LM step; or, with `reference` =
+    (reference model, its params' shardings), the DoReMi proxy step
+    (state, batch, reference params) -> (state, metrics). The trainer and the benchmark
+    both compile this one."""
+    batch_shard = sharding.batch_sharding(mesh)
+    replicated = sharding.replicated(mesh)
+    if reference is not None:
+        reference_model, ref_shardings = reference
+        return jax.jit(
+            lambda s, b, r: steps.doremi_step(
+                s, b, r,
+                model=model,
+                reference_model=reference_model,
+                tx=tx,
+                weight_tx=weight_tx,
+                num_domains=num_domains,
+                mode=doremi.mode,
+                microbatches=microbatches,
+                accumulation=doremi.accumulation,
+            ),
+            in_shardings=(state_shardings, batch_shard, ref_shardings),
+            out_shardings=(state_shardings, replicated),
+            donate_argnums=(0,),
+        )
+    return jax.jit(
+        lambda s, b: steps.lm_step(s, b, model=model, tx=tx, num_domains=num_domains, microbatches=microbatches),
+        in_shardings=(state_shardings, batch_shard),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=(0,),
+    )
+
+
+def compile_step(model, tx, weight_tx, num_domains, doremi, microbatches, mesh, state_shardings, reference=None):
+    """`run_step(state, batch) -> (state, metrics)`: `jit_step`, with the reference params
+    bound when `reference` is given as (reference model, its params, their shardings)."""
+    if reference is None:
+        return jit_step(model, tx, weight_tx, num_domains, doremi, microbatches, mesh, state_shardings)
+    reference_model, reference_params, ref_shardings = reference
+    step_fn = jit_step(
+        model, tx, weight_tx, num_domains, doremi, microbatches, mesh, state_shardings,
+        (reference_model, ref_shardings),
+    )
+    return lambda s, b: step_fn(s, b, reference_params)
