@@ -11,7 +11,6 @@ CORE = [
     "optax>=0.2.5,<0.3",
     "orbax-checkpoint>=0.11,<0.13",
     "gin-config>=0.5,<0.6",
-    "ml_collections>=1.0,<1.2",
     "numpy>=1.26,<2.5",
     "etils[epath]>=1.7",
 ]
@@ -40,7 +39,9 @@ setuptools.setup(
     install_requires=CORE + DATA + SUMMARIES,
     extras_require={
         # The accelerator image has only the JAX side: `pip install --no-deps -e .`
-        # there, plus gin-config and ml_collections; bench runs on that alone.
+        # there, plus gin-config; bench runs on that alone. (ml_collections is not a
+        # dependency: configs are frozen dataclasses bound by gin, as in T5X; one config
+        # system, one way to set a value. clu still brings it in.)
         # libtpu, for `python -m doremi_jax.aot` (compile-only TPU topologies on any host).
         # Not in the default install; the tests need it for the ahead-of-time test.
         "tpu": TPU,

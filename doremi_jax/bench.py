@@ -5,7 +5,7 @@ the plain LM step and the DoReMi proxy step for the same model (and their ratio)
 model FLOPs per step counted as MaxText does, the device's own matmul peak measured in
 the same run (MFU against it, and against the datasheet on TPU/GPU), compile time,
 peak memory, tokens/s; and the input pipeline's tokens/s and the share of step time
-spent waiting for data. Needs only jax, flax, optax, orbax, gin and ml_collections.
+spent waiting for data. Needs only jax, flax, optax, orbax and gin.
 """
 
 from __future__ import annotations
