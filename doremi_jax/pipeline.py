@@ -282,7 +282,7 @@ def run_pipeline(
         if evaluation.get("across_seeds"):
             print(report.seeds_table(evaluation["across_seeds"]))
         if evaluation.get("downstream"):
-            print(report.downstream_table(evaluation["downstream"]))
+            print(report.downstream_table(evaluation["downstream"], evaluation.get("downstream_average")))
         print(f"report: {os.path.join(workdir, 'report.md')}", flush=True)
     return evaluation
 

@@ -57,6 +57,27 @@ def compare_downstream(doremi_dir: str, baseline_dir: str, d: Mapping, b: Mappin
     return out
 
 
+def downstream_average(doremi_dir: str, baseline_dir: str, downstream: Mapping[str, Any]) -> dict[str, Any] | None:
+    """With two or more tasks: the unweighted mean accuracy over tasks of each model (the
+    paper's headline downstream figure), and the speedup read from the mean-over-tasks
+    curves (at the steps every task was evaluated)."""
+    tasks = list(downstream)
+    if len(tasks) < 2:
+        return None
+
+    def mean_curve(workdir):
+        curves = [dict(zip(*_curve(workdir, f"downstream/{t}"))) for t in tasks]
+        common = sorted(set.intersection(*(set(c) for c in curves)))
+        return common, [float(np.mean([c[step] for c in curves])) for step in common]
+
+    return {
+        "tasks": tasks,
+        "doremi": float(np.mean([downstream[t]["doremi"] for t in tasks])),
+        "baseline": float(np.mean([downstream[t]["baseline"] for t in tasks])),
+        **speedup(mean_curve(doremi_dir), mean_curve(baseline_dir), higher_is_better=True),
+    }
+
+
 def compare(doremi_dir: str, baseline_dir: str, doremi_summary: Mapping, baseline_summary: Mapping) -> dict[str, Any]:
     d, b = doremi_summary["eval"], baseline_summary["eval"]
     domains = list(d["log_perplexity"])
@@ -73,6 +94,9 @@ def compare(doremi_dir: str, baseline_dir: str, doremi_summary: Mapping, baselin
         result["downstream"] = compare_downstream(
             doremi_dir, baseline_dir, doremi_summary["downstream"], baseline_summary["downstream"]
         )
+        average = downstream_average(doremi_dir, baseline_dir, result["downstream"])
+        if average:
+            result["downstream_average"] = average
     return result
 
 
@@ -183,7 +207,7 @@ def eval_table(evaluation: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def downstream_table(downstream: Mapping[str, Any]) -> str:
+def downstream_table(downstream: Mapping[str, Any], average: Mapping[str, Any] | None = None) -> str:
     lines = ["| task | baseline accuracy | DoReMi accuracy | change | examples |", "|---|---:|---:|---:|---:|"]
     for task, r in downstream.items():
         lines.append(
@@ -192,7 +216,18 @@ def downstream_table(downstream: Mapping[str, Any]) -> str:
         for dom, acc in r.get("per_domain", {}).items():
             base = acc["baseline"]
             lines.append(f"| &nbsp;&nbsp;{dom} | {base:.3f} | {acc['doremi']:.3f} | {acc['doremi'] - base:+.3f} | |")
+    if average:
+        a = average
+        lines.append(f"| **average over {len(a['tasks'])} tasks** | {a['baseline']:.3f} | {a['doremi']:.3f} | "
+                     f"{a['doremi'] - a['baseline']:+.3f} | |")
     lines.append("")
+    if average:
+        if average.get("speedup"):
+            lines.append(f"Average over tasks: DoReMi reaches the baseline's final mean accuracy "
+                         f"({average['baseline_final']:.3f}) at step {average['steps_to_baseline']}: "
+                         f"{average['speedup']:.2f}x fewer steps.")
+        else:
+            lines.append("Average over tasks: DoReMi did not reach the baseline's final mean accuracy within the run.")
     for task, r in downstream.items():
         if r.get("speedup"):
             lines.append(
@@ -295,7 +330,8 @@ def write_report(workdir: str, rounds: list[dict], evaluation: Mapping[str, Any]
         lines += ["## Main models over seeds", "", seeds_table(evaluation["across_seeds"]), ""]
     downstream = evaluation.get("downstream") or {}
     if downstream:
-        lines += ["## Downstream accuracy (greedy decoding)", "", downstream_table(downstream), ""]
+        lines += ["## Downstream accuracy (greedy decoding)", "",
+                  downstream_table(downstream, evaluation.get("downstream_average")), ""]
     for task in downstream:
         key = f"downstream/{task}"
         d_acc, b_acc = _curve(doremi_dir, key), _curve(baseline_dir, key)

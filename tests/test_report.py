@@ -80,3 +80,30 @@ def test_lambda_diagnostics_split_the_gap_into_same_step_and_lag(tmp_path):
     table = diagnostics.diagnostics_table(diag)
     assert "| b |" in table and "25%" in table and "stratified=True" in table
     assert "mostly the proxy against the reference" in table  # lag 0.11 against gaps 0.61 and 0.16
+
+
+def test_downstream_average_over_tasks_and_its_speedup(tmp_path):
+    """Two tasks: the mean accuracy of each model, and the speedup read off the
+    mean-over-tasks curves (DoReMi's mean reaches the baseline's final mean at step 20)."""
+    import json
+
+    curves = {
+        "doremi": {"cloze": [0.2, 0.5, 0.6], "trivia_qa": [0.1, 0.3, 0.4]},
+        "baseline": {"cloze": [0.1, 0.3, 0.5], "trivia_qa": [0.1, 0.2, 0.3]},
+    }
+    dirs = {}
+    for run, tasks in curves.items():
+        dirs[run] = tmp_path / run
+        dirs[run].mkdir()
+        with open(dirs[run] / "metrics.jsonl", "w") as f:
+            for i, step in enumerate((10, 20, 30)):
+                f.write(json.dumps({"step": step, **{f"downstream/{t}": v[i] for t, v in tasks.items()}}) + "\n")
+    downstream = {t: {"doremi": curves["doremi"][t][-1], "baseline": curves["baseline"][t][-1], "examples": 8}
+                  for t in ("cloze", "trivia_qa")}
+    average = report.downstream_average(str(dirs["doremi"]), str(dirs["baseline"]), downstream)
+    assert average["doremi"] == pytest.approx(0.5) and average["baseline"] == pytest.approx(0.4)
+    # Baseline's final mean 0.4; DoReMi's means 0.15, 0.4, 0.5: reached at step 20 of 30.
+    assert average["steps_to_baseline"] == 20 and average["speedup"] == pytest.approx(1.5)
+    table = report.downstream_table(downstream, average)
+    assert "| **average over 2 tasks** | 0.400 | 0.500 | +0.100 | |" in table and "1.50x fewer steps" in table
+    assert report.downstream_average(str(dirs["doremi"]), str(dirs["baseline"]), {"cloze": downstream["cloze"]}) is None
