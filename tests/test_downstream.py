@@ -191,25 +191,42 @@ def mock_tfds():
         yield
 
 
-EXPECTED_FIRST = {
-    "trivia_qa": ("Q: Who wrote book 0? (train)\nA: Author 0\n\nQ: Who wrote book 0? (validation)\nA:",
-                  ("Author 0", "A. 0", "Writer 0")),
-    "natural_questions_open": ("Q: where is city 0 (train)\nA: country 0\n\nQ: where is city 0 (validation)\nA:",
-                               ("country 0",)),
-    "web_questions": ("Q: what is thing 0? (train)\nA: Thing 0\n\nQ: what is thing 0? (test)\nA:", ("Thing 0", "item 0")),
-    "squad_v2": ("Title: T0\nBackground: Context 0.\nQ: Q0? (train)\nA: span 0\n\n"
+# Per task: the solved shot made of shot-split example j, and the first evaluation
+# example's question and answers.
+EXPECTED = {
+    "trivia_qa": (lambda j: f"Q: Who wrote book {j}? (train)\nA: Author {j}",
+                  "Q: Who wrote book 0? (validation)\nA:", ("Author 0", "A. 0", "Writer 0")),
+    "natural_questions_open": (lambda j: f"Q: where is city {j} (train)\nA: country {j}",
+                               "Q: where is city 0 (validation)\nA:", ("country 0",)),
+    "web_questions": (lambda j: f"Q: what is thing {j}? (train)\nA: Thing {j}",
+                      "Q: what is thing 0? (test)\nA:", ("Thing 0", "item 0")),
+    "squad_v2": (lambda j: f"Title: T{j}\nBackground: Context {j}.\nQ: Q{j}? (train)\nA: "
+                 + ("unanswerable" if j == 1 else f"span {j}"),
                  "Title: T0\nBackground: Context 0.\nQ: Q0? (validation)\nA:", ("span 0",)),
-    "lambada": ("the validation cat number 0 sat on the mat0\n\nthe test cat number 0 sat on the", ("mat0",)),
+    "lambada": (lambda j: f"the validation cat number {j} sat on the mat{j}", "the test cat number 0 sat on the",
+                ("mat0",)),
 }
 
 
-@pytest.mark.parametrize("task", sorted(EXPECTED_FIRST))
+def expected_prompt(task, i, question):
+    """Question i's prompt: the shot the fixed permutation gives it (3 mock shot examples)."""
+    from doremi_jax.data import oneshot_tasks as oneshot
+
+    j = int(oneshot.shot_order(3)[i % 3])
+    return EXPECTED[task][0](j) + "\n\n" + question
+
+
+@pytest.mark.parametrize("task", sorted(EXPECTED))
 def test_oneshot_task_formatting_and_scoring(task, mock_tfds):
     from doremi_jax.data import oneshot_tasks as oneshot
 
     examples = oneshot.examples(task, max_examples=2)
     assert len(examples) == 2
-    assert (examples[0].prompt, examples[0].answers) == EXPECTED_FIRST[task]
+    assert (examples[0].prompt, examples[0].answers) == (expected_prompt(task, 0, EXPECTED[task][1]), EXPECTED[task][2])
+    # Each question its own shot: the two questions are preceded by different examples.
+    shots = [ex.prompt.split("\n\n")[0] for ex in examples]
+    assert shots[0] != shots[1] and all(s in {EXPECTED[task][0](j) for j in range(3)} for s in shots)
+    assert oneshot.examples(task, max_examples=2) == examples  # the same prompts every time
     gold = [ex.answers[0] if ex.answers else "unanswerable" for ex in examples]
     right = [(" " + g + "\n") for g in gold]
     assert downstream.score(task, examples, right)["accuracy"] == 1.0
@@ -235,7 +252,7 @@ def test_oneshot_task_through_seqio_as_t5x_would(mock_tfds):
     oneshot.register()
     task = seqio.get_mixture_or_task("doremi_oneshot_trivia_qa")
     ex = next(task.get_dataset(None, split="validation", shuffle=False, try_in_mem_cache=False).as_numpy_iterator())
-    assert VOCAB.decode(ex["inputs"]) == EXPECTED_FIRST["trivia_qa"][0]
+    assert VOCAB.decode(ex["inputs"]) == expected_prompt("trivia_qa", 0, EXPECTED["trivia_qa"][1])
     assert VOCAB.decode(ex["targets"]) == "Author 0"
     targets = [task.postprocess_fn(None, example=ex, is_target=True)]
     assert targets == [["Author 0", "A. 0", "Writer 0"]]

@@ -3,8 +3,8 @@
     doremi_oneshot_trivia_qa, doremi_oneshot_natural_questions_open,
     doremi_oneshot_web_questions, doremi_oneshot_squad_v2, doremi_oneshot_lambada
 
-Each evaluation example is one solved example (the first of the task's shot split),
-a blank line, then the question; `inputs` is that prompt, `targets` the first gold
+Each evaluation example is one solved example of the task's shot split (a different
+one per question, by a fixed permutation: `shot_order`), a blank line, then the question; `inputs` is that prompt, `targets` the first gold
 answer and `answers` every gold answer. Importing this module registers them, so a
 T5X project can evaluate with them too (`postprocess_fn` returns the gold answers of
 a target and the first line of a prediction; `metric_fns` is exact match).
@@ -73,7 +73,7 @@ def _format(name: str, ex: dict):
 
 
 def _shot_text(name: str, ex: dict) -> str:
-    """The solved example that precedes every question."""
+    """A solved example, as it precedes a question."""
     prompt, answers = _format(name, ex)
     prompt = prompt.numpy().decode("utf-8")
     answers = [a.decode("utf-8") for a in answers.numpy()]
@@ -81,19 +81,36 @@ def _shot_text(name: str, ex: dict) -> str:
     return f"{prompt} {answer}\n\n"
 
 
-def oneshot_preprocessor(dataset, *, name: str, source: seqio.DataSource):
-    """Prepend the first example of the shot split, solved, to every question."""
-    spec = SPECS[name]
-    shot_example = next(iter(source.get_dataset(split=spec.shot_split, shuffle=False).take(1)))
-    shot = _shot_text(name, shot_example)
+# Each question gets its own solved example, drawn (by a fixed permutation, so every run
+# and host sees the same prompts) from the first SHOT_POOL examples of the shot split,
+# as GPT-3-style few-shot evaluation draws its examples per question.
+SHOT_POOL = 512
+SHOT_SEED = 0
 
-    def fmt(ex):
+
+def shot_order(pool: int, seed: int = SHOT_SEED) -> np.ndarray:
+    """Which pool example precedes question i: order[i % pool]."""
+    return np.random.default_rng(seed).permutation(pool)
+
+
+def oneshot_preprocessor(dataset, *, name: str, source: seqio.DataSource):
+    """Prepend a solved example of the shot split to every question, a different one per
+    question (`shot_order` over the first SHOT_POOL shot examples)."""
+    spec = SPECS[name]
+    pool = [_shot_text(name, ex) for ex in source.get_dataset(split=spec.shot_split, shuffle=False).take(SHOT_POOL)]
+    if not pool:
+        raise ValueError(f"one-shot task {name!r}: the {spec.shot_split!r} split has no example to show")
+    shots = tf.constant(pool)
+    order = tf.constant(shot_order(len(pool)), tf.int64)
+
+    def fmt(index, ex):
         prompt, answers = _format(name, ex)
         answers = tf.cast(answers, tf.string)
         first = tf.cond(tf.size(answers) > 0, lambda: answers[0], lambda: tf.constant(scoring.UNANSWERABLE))
+        shot = tf.gather(shots, tf.gather(order, index % len(pool)))
         return {"inputs": tf.strings.join([shot, prompt]), "targets": first, "answers": answers}
 
-    return dataset.map(fmt, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.enumerate().map(fmt, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def postprocess(output, example=None, is_target=False):
