@@ -1,6 +1,6 @@
 """The per-device memory estimate the loop prints (and checks against
 TrainConfig.device_memory_gib) before compiling; `python -m doremi_jax.aot` compares it
-with XLA's own figure (BENCHMARKS.md: within 0.80x-1.33x on the shipped models)."""
+with XLA's own figure (BENCHMARKS.md: within 0.86x-1.33x on the shipped models)."""
 
 from __future__ import annotations
 
