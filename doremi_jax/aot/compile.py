@@ -177,20 +177,10 @@ def compile_stage(plan: StagePlan, devices: list, chip: hardware.Chip, num_domai
     mesh = sharding.make_mesh(plan.mesh, devices)
     dp = sharding.data_parallel_size(mesh)
     cfg = plan.config
-    if cfg.batch_size % (dp * cfg.microbatches):
-        raise loop.TrainingError(
-            f"[{plan.name}] BATCH_SIZE={cfg.batch_size} is not divisible by the {dp} data-parallel chips"
-            + (f" x {cfg.microbatches} microbatches" if cfg.microbatches > 1 else "")
-        )
-    if cfg.sequence_length > plan.model.max_length:
-        raise loop.TrainingError(
-            f"[{plan.name}] SEQUENCE_LENGTH={cfg.sequence_length} exceeds the model's max_length={plan.model.max_length}"
-        )
-    if (cfg.eval_batch_size or cfg.batch_size) % dp:
-        raise loop.TrainingError(
-            f"[{plan.name}] TrainConfig.eval_batch_size={cfg.eval_batch_size} is not divisible by the {dp} "
-            "data-parallel chips"
-        )
+    try:
+        loop.check_shapes(cfg, plan.model, dp, devices="chips")
+    except loop.TrainingError as e:
+        raise loop.TrainingError(f"[{plan.name}] {e}") from None
     flops = model_flops_per_step(plan.model, cfg.batch_size, cfg.sequence_length)
     flops["eval_step"] *= (cfg.eval_batch_size or cfg.batch_size) / cfg.batch_size
     reports = []

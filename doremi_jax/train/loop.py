@@ -130,6 +130,24 @@ def _check_workdir_identity(workdir: str, identity: dict, overwrite: bool, eval_
         fileio.write_text_atomic(path, json.dumps(identity, indent=2, sort_keys=True))
 
 
+def check_shapes(config: TrainConfig, model: TransformerConfig, dp: int, devices: str = "devices") -> None:
+    """The run's rows and length against the model and the data-parallel `devices`
+    (the trainer's check, and the ahead-of-time compile's for a TPU slice)."""
+    if config.sequence_length > model.max_length:
+        raise TrainingError(
+            f"SEQUENCE_LENGTH={config.sequence_length} exceeds the model's max_length={model.max_length}"
+        )
+    if config.batch_size % (dp * config.microbatches):
+        raise TrainingError(
+            f"BATCH_SIZE={config.batch_size} is not divisible by the {dp} data-parallel {devices}"
+            + (f" x {config.microbatches} microbatches" if config.microbatches > 1 else "")
+        )
+    if config.eval_batch_size % dp:
+        raise TrainingError(
+            f"TrainConfig.eval_batch_size={config.eval_batch_size} is not divisible by the {dp} data-parallel {devices}"
+        )
+
+
 def sync_hosts(name: str) -> None:
     """A barrier across processes (no-op on one host)."""
     if jax.process_count() > 1:
@@ -225,21 +243,8 @@ def train(
         raise TrainingError(
             f"vocabulary has {vocab_size} ids but TransformerConfig.vocab_size={model.vocab_size}"
         )
-    if config.sequence_length > model.max_length:
-        raise TrainingError(
-            f"SEQUENCE_LENGTH={config.sequence_length} exceeds the model's max_length={model.max_length}"
-        )
     device_mesh = sharding.make_mesh(mesh)
-    dp = sharding.data_parallel_size(device_mesh)
-    if config.batch_size % (dp * config.microbatches):
-        raise TrainingError(
-            f"BATCH_SIZE={config.batch_size} is not divisible by the {dp} data-parallel devices"
-            + (f" x {config.microbatches} microbatches" if config.microbatches > 1 else "")
-        )
-    if config.eval_batch_size % dp:
-        raise TrainingError(
-            f"TrainConfig.eval_batch_size={config.eval_batch_size} is not divisible by the {dp} data-parallel devices"
-        )
+    check_shapes(config, model, sharding.data_parallel_size(device_mesh))
     fixed_sampling = inputs.named_weights(sampling_weights, corpus)
     budget = config.train_steps * config.batch_size * config.sequence_length
     counts = corpus.token_counts("train")
