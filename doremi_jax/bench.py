@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from doremi_jax import dro, hardware, sharding
+from doremi_jax import hardware, sharding
 from doremi_jax.models import Transformer, TransformerConfig, model_flops_per_step, param_count
-from doremi_jax.train import loop, setup
+from doremi_jax.train import methods, setup
 from doremi_jax.train.state import OptimizerConfig, make_optimizer
 
 BENCH_GIN = "gin/bench.gin"  # the default bench model and sizes; parsed before the user's files
@@ -93,10 +93,10 @@ def benchmark(
 ) -> dict[str, Any]:
     device_mesh = sharding.make_mesh(mesh)
     tx = make_optimizer(OptimizerConfig(), 1000)
-    weight_tx = dro.multiplicative_weights(1.0, 1e-3)
+    proxy_method = methods.DoReMi()
     alpha0 = np.full(num_domains, 1.0 / num_domains)
     state, state_sh, param_sh = setup.init_state(
-        model, tx, alpha0, jax.random.PRNGKey(0), device_mesh, mesh.rules, weight_tx
+        model, tx, alpha0, jax.random.PRNGKey(0), device_mesh, mesh.rules, proxy_method
     )
     reference = jax.tree.map(lambda x: x.copy(), state.params)
     batch = _synthetic_batch(device_mesh, bench.batch_size, bench.sequence_length, model.vocab_size, num_domains)
@@ -119,9 +119,9 @@ def benchmark(
     with sharding.activate(device_mesh, mesh.rules):
         # The trainer's own jitted steps (setup.jit_step), compiled here so that compile
         # time is measured apart from the steps.
-        step_args = (transformer, tx, weight_tx, num_domains, loop.DroConfig(), 1, device_mesh, state_sh)
-        lm = setup.jit_step(*step_args)
-        proxy = setup.jit_step(*step_args, reference=(transformer, param_sh))
+        step_args = (transformer, tx, num_domains, 1, device_mesh, state_sh)
+        lm = setup.jit_step(transformer, tx, methods.FIXED_MIXTURE, *step_args[2:])
+        proxy = setup.jit_step(transformer, tx, proxy_method, *step_args[2:], reference=(transformer, param_sh))
         timings = {}
         for name, fn, args in (("lm_step", lm, ()), ("doremi_step", proxy, (reference,))):
             t = time.perf_counter()

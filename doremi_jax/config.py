@@ -1,7 +1,7 @@
 """gin, bound from outside: library modules never import gin (the T5X habit).
 
 `register()` makes the library's config classes and entry functions configurable
-under short names (`TransformerConfig.embed_dim`, `train.run`, ...); `parse()` reads
+under short names (`TransformerConfig.embed_dim`, `train.method`, `DoReMi.learning_rate`, ...); `parse()` reads
 `--gin_file`s then `--gin.NAME=VALUE` bindings, with the repository's own folder on
 gin's search path so that `gin/models/tiny.gin` resolves from anywhere.
 """
@@ -18,7 +18,7 @@ from doremi_jax import fileio, sharding
 from doremi_jax.data import inputs
 from doremi_jax.eval.downstream import DownstreamConfig
 from doremi_jax.models import TransformerConfig
-from doremi_jax.train import loop, state
+from doremi_jax.train import loop, methods, state
 
 REPO_ROOT = fileio.REPO_ROOT
 _CONFIGURABLE: dict = {}
@@ -33,8 +33,8 @@ def register() -> None:
         sharding.MeshConfig,
         state.OptimizerConfig,
         loop.TrainConfig,
-        loop.DroConfig,
         DownstreamConfig,
+        *methods.METHODS,
     ):
         _CONFIGURABLE[cls.__name__] = gin.external_configurable(cls)
     _CONFIGURABLE["train"] = gin.external_configurable(loop.train, "train")

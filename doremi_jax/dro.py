@@ -106,6 +106,19 @@ class MultiplicativeWeightsState(NamedTuple):
     average: jax.Array
 
 
+class ProxyState(NamedTuple):
+    """What the DoReMi proxy keeps between steps besides α_t: the multiplicative-weights
+    state (ᾱ is `weights.average`) and each domain's last λ (resample mode's estimate
+    for a domain absent from the batch; < 0 before it is first scored)."""
+
+    weights: MultiplicativeWeightsState
+    excess_estimate: jax.Array
+
+
+def init_proxy_state(alpha0, weight_tx: optax.GradientTransformation) -> ProxyState:
+    return ProxyState(weight_tx.init(alpha0), -jnp.ones_like(jnp.asarray(alpha0, jnp.float32)))
+
+
 ScalarOrSchedule = float | Callable[[jax.Array], jax.Array]
 
 

@@ -42,7 +42,7 @@ class CommandLine:
     """The pipeline's `--gin_file`s and `--gin.NAME=VALUE` bindings, for the stages.
 
     Files and unscoped bindings apply to every stage; a binding scoped by a stage kind,
-    `--gin.proxy/DroConfig.learning_rate=0.5` or `--gin.main/TRAIN_STEPS=300`, only to
+    `--gin.proxy/DoReMi.learning_rate=0.5` or `--gin.main/TRAIN_STEPS=300`, only to
     the stages of that kind (`main` is both main models), which receive it unscoped.
     They come after each stage's own gin, so the command line has the last word.
     """

@@ -31,7 +31,7 @@ expand_grid() {
   printf '%s\n' "${points[@]}"
 }
 
-# A folder-safe name for one sweep point: "--gin.DroConfig.smoothing=1e-3" -> "smoothing_1e-3".
+# A folder-safe name for one sweep point: "--gin.DoReMi.smoothing=1e-3" -> "smoothing_1e-3".
 sweep_slug() {
   echo "$1" | sed -E 's/--gin\.([A-Za-z_]+\.)?//g; s/[^A-Za-z0-9.+-]+/_/g; s/^_+|_+$//g'
 }

@@ -4,9 +4,10 @@ import jax
 import numpy as np
 import pytest
 
-from doremi_jax import checkpoints, dro, sharding
+from doremi_jax import checkpoints, sharding
 from doremi_jax.train import setup
 from doremi_jax.train.state import OptimizerConfig, make_optimizer
+from doremi_jax.train.methods import DoReMi
 
 from helpers import TINY, damage_checkpoint
 
@@ -14,7 +15,7 @@ from helpers import TINY, damage_checkpoint
 def make_state(seed, mesh_cfg):
     mesh = sharding.make_mesh(mesh_cfg)
     tx = make_optimizer(OptimizerConfig(), 10)
-    return setup.init_state(TINY, tx, np.full(3, 1 / 3), jax.random.PRNGKey(seed), mesh, mesh_cfg.rules, dro.multiplicative_weights()), mesh
+    return setup.init_state(TINY, tx, np.full(3, 1 / 3), jax.random.PRNGKey(seed), mesh, mesh_cfg.rules, DoReMi()), mesh
 
 
 def test_round_trip_into_another_mesh(tmp_path):

@@ -68,7 +68,7 @@ def test_pipeline_on_a_folder_corpus_from_the_command_line(tmp_path):
 
     # One proxy-only override: the proxy and what follows from it retrain, nothing else.
     before = {s: os.path.getmtime(os.path.join(workdir, s, "summary.json")) for s in stages}
-    second = run_entry("pipeline", *args, "--gin.proxy/DroConfig.learning_rate=0.25")
+    second = run_entry("pipeline", *args, "--gin.proxy/DoReMi.learning_rate=0.25")
     assert second.returncode == 0, second.stderr[-3000:]
     after = {s: os.path.getmtime(os.path.join(workdir, s, "summary.json")) for s in stages}
     assert after["round_1/reference"] == before["round_1/reference"]
@@ -76,7 +76,7 @@ def test_pipeline_on_a_folder_corpus_from_the_command_line(tmp_path):
     assert after["main_doremi"] > before["main_doremi"]
     assert after["main_baseline"] == before["main_baseline"]
     proxy_gin = open(os.path.join(workdir, "round_1/proxy/config.gin")).read()
-    assert "DroConfig.learning_rate = 0.25" in proxy_gin
+    assert "DoReMi.learning_rate = 0.25" in proxy_gin
     assert "0.25" not in open(os.path.join(workdir, "main_doremi/config.gin")).read()
 
 
@@ -172,7 +172,7 @@ def test_a_misspelt_macro_names_the_fix(tmp_path, corpora, capsys):
     one_line_error(err, "TRAIN_STEP", "did you mean TRAIN_STEPS")
     assert not workdir.exists()
     experiment = ["--gin_file=gin/experiments/demo.gin", f"--gin.DATA_DIR='{corpora[0]}'"]
-    for bad in ("--gin.TRAIN_STEP=5", "--gin.main/TRAIN_STEP=5", "--gin.proxy/DroConfig.lerning_rate=2"):
+    for bad in ("--gin.TRAIN_STEP=5", "--gin.main/TRAIN_STEP=5", "--gin.proxy/DoReMi.lerning_rate=2"):
         code, err = in_process(pipeline.main, [*experiment, bad, f"--workdir={workdir}"], capsys)
         assert code == 2, bad
         one_line_error(err, bad.split("=")[0].removeprefix("--gin.").split(".")[-1])

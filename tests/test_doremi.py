@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from doremi_jax.train import loop
+from doremi_jax.train.methods import DoReMi
 
 import helpers
 
@@ -14,10 +15,10 @@ import helpers
 def three_domain_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("three")
     data = helpers.write_three_domain_corpus(str(root / "data"))
-    ref = loop.train(str(root / "reference"), run="lm", sampling_weights="uniform", **helpers.train_kwargs(data, 300))
+    ref = loop.train(str(root / "reference"), sampling_weights="uniform", **helpers.train_kwargs(data, 300))
     proxy = loop.train(
-        str(root / "proxy"), run="doremi", sampling_weights="uniform",
-        doremi=loop.DroConfig(reference_workdir=str(root / "reference")), **helpers.train_kwargs(data, 300),
+        str(root / "proxy"), sampling_weights="uniform",
+        method=DoReMi(reference_workdir=str(root / "reference")), **helpers.train_kwargs(data, 300),
     )
     return root, ref, proxy
 
@@ -59,8 +60,8 @@ def test_resample_mode_samples_by_the_live_weights(three_domain_run):
     root, _, full = three_domain_run
     data = str(root / "data")
     summary = loop.train(
-        str(root / "resample"), run="doremi", sampling_weights="uniform",
-        doremi=loop.DroConfig(reference_workdir=str(root / "reference"), mode="resample"),
+        str(root / "resample"), sampling_weights="uniform",
+        method=DoReMi(reference_workdir=str(root / "reference"), mode="resample"),
         **helpers.train_kwargs(data, 60),
     )
     assert (root / "resample" / "domain_weights.json").exists()
@@ -94,8 +95,8 @@ def test_resample_mode_samples_by_the_live_weights(three_domain_run):
 def test_early_stop_saves_steps_close_to_the_full_run(three_domain_run):
     root, _, full = three_domain_run
     early = loop.train(
-        str(root / "early"), run="doremi", sampling_weights="uniform",
-        doremi=loop.DroConfig(reference_workdir=str(root / "reference"), early_stop_window=50, early_stop_tolerance=0.12),
+        str(root / "early"), sampling_weights="uniform",
+        method=DoReMi(reference_workdir=str(root / "reference"), early_stop_window=50, early_stop_tolerance=0.12),
         **helpers.train_kwargs(str(root / "data"), 300),
     )
     assert early["stopped"] == "early_stop" and early["steps_saved"] > 0
@@ -109,10 +110,10 @@ def test_early_stop_saves_steps_close_to_the_full_run(three_domain_run):
 def test_demo_corpus_noise_ends_below_its_natural_weight(tmp_path, demo_dir):
     kwargs = helpers.train_kwargs(demo_dir, 200)
     kwargs["data"] = loop.inputs.DataConfig()  # the demo corpus
-    ref = loop.train(str(tmp_path / "ref"), run="lm", sampling_weights="natural", **kwargs)
+    ref = loop.train(str(tmp_path / "ref"), sampling_weights="natural", **kwargs)
     proxy = loop.train(
-        str(tmp_path / "proxy"), run="doremi", sampling_weights="uniform",
-        doremi=loop.DroConfig(reference_workdir=str(tmp_path / "ref")), **kwargs,
+        str(tmp_path / "proxy"), sampling_weights="uniform",
+        method=DoReMi(reference_workdir=str(tmp_path / "ref")), **kwargs,
     )
     natural = ref["sampling_weights"]["noise"]
     assert proxy["average_domain_weights"]["noise"] < natural, (proxy["average_domain_weights"], natural)

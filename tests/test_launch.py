@@ -37,14 +37,14 @@ def test_tpu_vm_run_passes_gin_arguments_to_every_host():
 
 
 def test_sweep_expands_the_grid_into_distinct_workdirs():
-    lines = dry("tpu_vm.sh", "sweep", "train", "eta", "DroConfig.learning_rate=0.1,1", "DroConfig.smoothing=1e-4,1e-3",
+    lines = dry("tpu_vm.sh", "sweep", "train", "eta", "DoReMi.learning_rate=0.1,1", "DoReMi.smoothing=1e-4,1e-3",
                 "--", "--gin_file=gin/runs/proxy.gin")
     remotes = [line[7] for line in lines]
     assert len(remotes) == 4
     workdirs = {r.split("--workdir=")[1].split(" ")[0] for r in remotes}
     assert workdirs == {f"$HOME/doremi_runs/eta/learning_rate_{a}_smoothing_{b}" for a in ("0.1", "1") for b in ("1e-4", "1e-3")}
     for r in remotes:
-        assert "--gin_file=gin/runs/proxy.gin" in r and r.count("--gin.DroConfig.") == 2
+        assert "--gin_file=gin/runs/proxy.gin" in r and r.count("--gin.DoReMi.") == 2
 
 
 def test_multiprocess_cpu_and_local():

@@ -94,7 +94,7 @@ def test_rerun_skips_and_a_changed_proxy_redoes_what_follows(finished, capsys):
     assert capsys.readouterr().out.count("skipped") == len(STAGES)
 
     old_weights = json.load(open(workdir / "domain_weights.json"))
-    run(workdir, proxy_bindings=["DroConfig.smoothing = 0.05"])
+    run(workdir, proxy_bindings=["DoReMi.smoothing = 0.05"])
     after = mtimes(workdir)
     new_weights = json.load(open(workdir / "domain_weights.json"))
     # Really retrained: with c = 0.05 every weight is at least c/k.

@@ -53,7 +53,10 @@ def stage_args(stage, reference):
     weights = os.path.join(os.path.dirname(reference), "main_weights.json")
     with open(weights, "w") as f:
         json.dump({"code": 0.1, "noise": 0.2, "prose": 0.3, "repetitive": 0.4}, f)
-    return ["--gin_file=gin/runs/main.gin", *COMMON, f"--gin.MIXTURE_WEIGHTS='{weights}'"]
+    # "odm": a main model whose rates Online Data Mixing moves every step, starting from
+    # a weights file (a main run's mixture path, and a method state to resume exactly).
+    run_gin = "gin/runs/odm.gin" if stage == "odm" else "gin/runs/main.gin"
+    return [f"--gin_file={run_gin}", *COMMON, f"--gin.MIXTURE_WEIGHTS='{weights}'"]
 
 
 def final_state(workdir):
@@ -82,7 +85,7 @@ def loss_rows(workdir):
     return [(r["step"], r["loss"]) for r in rows if "loss" in r]
 
 
-@pytest.mark.parametrize("stage", ["reference", "proxy", "main"])
+@pytest.mark.parametrize("stage", ["reference", "proxy", "odm"])
 def test_sigkill_anywhere_then_resume_is_bit_identical(stage, reference, tmp_path):
     args = stage_args(stage, reference)
     clean, killed = str(tmp_path / "clean"), str(tmp_path / "killed")
@@ -111,7 +114,7 @@ def test_sigkill_anywhere_then_resume_is_bit_identical(stage, reference, tmp_pat
     assert s2["eval"] == s1["eval"]
     # The log too: each step once, the row of the run the final parameters came from.
     assert loss_rows(killed) == loss_rows(clean)
-    if stage == "proxy":
+    if stage in ("proxy", "odm"):
         assert s2["average_domain_weights"] == s1["average_domain_weights"]
         assert json.load(open(os.path.join(killed, "domain_weights.json"))) == json.load(open(os.path.join(clean, "domain_weights.json")))
 

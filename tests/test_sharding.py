@@ -11,6 +11,7 @@ from doremi_jax import dro, sharding
 from doremi_jax.data.sampler import MixtureSampler
 from doremi_jax.train import loop, memory, setup, steps
 from doremi_jax.train.state import OptimizerConfig, make_optimizer
+from doremi_jax.train.methods import DoReMi
 
 from helpers import TINY
 from test_steps import K, streams
@@ -31,8 +32,8 @@ def proxy_run(name):
     tx = make_optimizer(OptimizerConfig(learning_rate=1e-2, warmup_steps=1), 100)
     weight_tx = dro.multiplicative_weights(1.0, 1e-3)
     alpha0 = np.full(K, 1 / K)
-    state, state_sh, param_sh = setup.init_state(TINY, tx, alpha0, jax.random.PRNGKey(0), mesh, rules, weight_tx)
-    ref_state, _, _ = setup.init_state(TINY, tx, alpha0, jax.random.PRNGKey(1), mesh, rules, weight_tx)
+    state, state_sh, param_sh = setup.init_state(TINY, tx, alpha0, jax.random.PRNGKey(0), mesh, rules, DoReMi())
+    ref_state, _, _ = setup.init_state(TINY, tx, alpha0, jax.random.PRNGKey(1), mesh, rules, DoReMi())
     model = loop.Transformer(TINY)
     step = jax.jit(
         functools.partial(steps.doremi_step, model=model, reference_model=model, tx=tx, weight_tx=weight_tx, num_domains=K),
@@ -63,7 +64,7 @@ def test_meshes_match_one_device(single, name):
     state, losses, alphas, _ = proxy_run(name)
     np.testing.assert_allclose(losses, losses1, rtol=2e-5)
     np.testing.assert_allclose(alphas, alphas1, atol=2e-6)
-    np.testing.assert_allclose(np.asarray(state.dro_state.average), np.asarray(state1.dro_state.average), atol=2e-6)
+    np.testing.assert_allclose(np.asarray(state.method_state.weights.average), np.asarray(state1.method_state.weights.average), atol=2e-6)
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(state1.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
     assert float(np.abs(alphas1[-1] - 1 / K).max()) > 1e-3

@@ -13,6 +13,7 @@ from doremi_jax.data.sampler import MixtureSampler
 from doremi_jax.train import loop, steps
 from doremi_jax.train import setup as train_setup  # `setup` is a fixture here
 from doremi_jax.train.state import OptimizerConfig, make_optimizer
+from doremi_jax.train.methods import DoReMi
 
 from helpers import TINY
 
@@ -33,7 +34,7 @@ def setup():
     tx = make_optimizer(OptimizerConfig(learning_rate=1e-2, warmup_steps=1), 100)
     weight_tx = dro.multiplicative_weights(1.0, 1e-3)
     alpha0 = np.full(K, 1 / K)
-    state, state_sh, param_sh = train_setup.init_state(TINY, tx, alpha0, jax.random.PRNGKey(0), mesh, sharding.DEFAULT_RULES, weight_tx)
+    state, state_sh, param_sh = train_setup.init_state(TINY, tx, alpha0, jax.random.PRNGKey(0), mesh, sharding.DEFAULT_RULES, DoReMi())
     sampler = MixtureSampler(streams(), 32, seed=0)
     rows = sharding.local_batch_rows(mesh, 16)
 
@@ -97,7 +98,7 @@ def test_nonfinite_step_keeps_params_and_weights(setup):
     for a, b in zip(jax.tree.leaves(after.params), jax.tree.leaves(before.params)):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(after.domain_weights, before.domain_weights)
-    np.testing.assert_array_equal(after.dro_state.average, before.dro_state.average)
+    np.testing.assert_array_equal(after.method_state.weights.average, before.method_state.weights.average)
     # A good step afterwards resets the counter.
     again, m = doremi(setup, after, setup["batch"](4), ref)
     assert bool(m["step_ok"]) and int(again.nonfinite_steps) == 0

@@ -24,12 +24,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from doremi_jax import dro, hardware, sharding
+from doremi_jax import hardware, sharding
 from doremi_jax.aot import hlo
 from doremi_jax.data import sampler
 from doremi_jax.eval import perplexity
 from doremi_jax.models import Transformer, TransformerConfig, model_flops_per_step
 from doremi_jax.train import loop, memory, setup
+from doremi_jax.train.methods import MixtureMethod
 from doremi_jax.train.state import OptimizerConfig, make_optimizer
 
 # Compiler options of the cost-only compile (libtpu flags; the program that would run
@@ -45,12 +46,11 @@ class StagePlan:
     """One kind of run of an experiment, as its gin configures it."""
 
     name: str  # reference | proxy | main | train
-    run: str  # lm | doremi
     model: TransformerConfig
     mesh: sharding.MeshConfig
     optimizer: OptimizerConfig
     config: loop.TrainConfig
-    doremi: loop.DroConfig
+    method: MixtureMethod  # the mixture method (train/methods)
     runs: int = 1  # how many runs of this kind the experiment trains (rounds, both main models, seeds)
 
 
@@ -92,18 +92,17 @@ def _lowered(plan: StagePlan, model_cfg: TransformerConfig, mesh, step: str, num
     `reference_cfg`, by default the stage's own), lowered against shapes."""
     rules = plan.mesh.rules
     tx = make_optimizer(plan.optimizer, plan.config.train_steps)
-    weight_tx = dro.multiplicative_weights(plan.doremi.learning_rate, plan.doremi.smoothing)
-    state, state_shardings, param_shardings = setup.abstract_state(model_cfg, tx, num_domains, mesh, rules, weight_tx)
+    state, state_shardings, param_shardings = setup.abstract_state(model_cfg, tx, num_domains, mesh, rules, plan.method)
     rows = (plan.config.eval_batch_size or plan.config.batch_size) if step == "eval_step" else plan.config.batch_size
     batch = abstract_batch(mesh, rows, plan.config.sequence_length)
     model = Transformer(model_cfg)
     with sharding.activate(mesh, rules):
         if step == "eval_step":
             return perplexity.jit_eval_step(model, mesh, param_shardings, num_domains).lower(state.params, batch)
-        args = (model, tx, weight_tx, num_domains, plan.doremi, plan.config.microbatches, mesh, state_shardings)
+        args = (model, tx, plan.method, num_domains, plan.config.microbatches, mesh, state_shardings)
         if step == "lm_step":
             return setup.jit_step(*args).lower(state, batch)
-        reference_cfg = reference_cfg or plan.doremi.reference_model or plan.model
+        reference_cfg = reference_cfg or plan.method.reference_model or plan.model
         ref_params, ref_shardings = setup.abstract_params(reference_cfg, mesh, rules)
         fn = setup.jit_step(*args, reference=(Transformer(reference_cfg), ref_shardings))
         return fn.lower(state, batch, ref_params)
@@ -122,7 +121,7 @@ def _loop_free_costs(plan: StagePlan, mesh, step: str, num_domains: int) -> tupl
     if step != "eval_step" and plan.config.microbatches > 1:
         repeats = plan.config.microbatches
         config = dataclasses.replace(plan.config, batch_size=plan.config.batch_size // repeats, microbatches=1)
-        if step == "doremi_step" and plan.doremi.accumulation == "exact":
+        if step == "doremi_step" and getattr(plan.method, "accumulation", "") == "exact":
             extra_flops = model_flops_per_step(
                 plan.model, plan.config.batch_size, plan.config.sequence_length, causal_savings=False
             )["eval_step"] / mesh.size
@@ -130,13 +129,13 @@ def _loop_free_costs(plan: StagePlan, mesh, step: str, num_domains: int) -> tupl
 
     def cost(layers: int, reference_layers: int):
         model = dataclasses.replace(plan.model, num_layers=layers, scan_layers=False)
-        ref = plan.doremi.reference_model or plan.model
+        ref = plan.method.reference_model or plan.model
         ref = dataclasses.replace(ref, num_layers=reference_layers, scan_layers=False)
         compiled = _lowered(plan, model, mesh, step, num_domains, ref).compile(compiler_options=_NO_WINDOWED_EINSUM)
         return np.asarray(_costs(compiled))
 
     depth = plan.model.num_layers
-    ref_depth = (plan.doremi.reference_model or plan.model).num_layers if step == "doremi_step" else depth
+    ref_depth = (plan.method.reference_model or plan.model).num_layers if step == "doremi_step" else depth
     if not plan.model.scan_layers:
         total = cost(depth, ref_depth)
     else:
@@ -169,7 +168,9 @@ def _memory(compiled) -> dict[str, int]:
 
 
 def stage_steps(plan: StagePlan) -> list[str]:
-    return ["doremi_step" if plan.run == "doremi" else "lm_step", "eval_step"]
+    # A step with a reference forward (DoReMi's proxy) costs more than the LM step; any
+    # other method's step is the LM step plus a few vector operations.
+    return ["doremi_step" if plan.method.needs_reference else "lm_step", "eval_step"]
 
 
 def compile_stage(plan: StagePlan, devices: list, chip: hardware.Chip, num_domains: int) -> list[StepReport]:
@@ -189,7 +190,7 @@ def compile_stage(plan: StagePlan, devices: list, chip: hardware.Chip, num_domai
         if step != "eval_step":
             estimate = sum(memory.memory_estimate(
                 plan.model, mesh, plan.mesh.rules, plan.optimizer.name, cfg.batch_size // cfg.microbatches,
-                cfg.sequence_length, plan.run == "doremi",
+                cfg.sequence_length, plan.method.needs_reference,
             ).values())
         try:
             compiled = _lowered(plan, plan.model, mesh, step, num_domains).compile()

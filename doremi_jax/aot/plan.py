@@ -15,23 +15,22 @@ from typing import Sequence
 from doremi_jax import config, pipeline, sharding
 from doremi_jax.aot.compile import StagePlan
 from doremi_jax.models import TransformerConfig
-from doremi_jax.train import loop
+from doremi_jax.train import loop, methods
 from doremi_jax.train.state import OptimizerConfig
 
 PLACEHOLDER = "unused-by-aot"
-_TRAIN_ARGS = ("run", "model", "mesh", "optimizer", "config", "doremi")
+_TRAIN_ARGS = ("method", "model", "mesh", "optimizer", "config")
 
 
 def _plan(name: str, runs: int) -> StagePlan:
     args = config.call_arguments("train", _TRAIN_ARGS)
     return StagePlan(
         name=name,
-        run=args.get("run", "lm"),
         model=args.get("model", TransformerConfig()),
         mesh=args.get("mesh", sharding.MeshConfig()),
         optimizer=args.get("optimizer", OptimizerConfig()),
         config=args.get("config", loop.TrainConfig()),
-        doremi=args.get("doremi", loop.DroConfig()),
+        method=args.get("method", methods.FIXED_MIXTURE),
         runs=runs,
     )
 

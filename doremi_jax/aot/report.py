@@ -37,7 +37,7 @@ def to_json(plans: Sequence[StagePlan], reports: Sequence[StepReport], chips: di
             "topology": topologies[plan.name],
             "chip": chip.name,
             "chips": train["chips"],
-            "run": plan.run,
+            "run": plan.method.name,
             "train_steps": plan.config.train_steps,
             "runs": plan.runs,
             "batch_size": plan.config.batch_size,

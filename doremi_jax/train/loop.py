@@ -1,4 +1,5 @@
-"""The one trainer loop: reference, proxy and main runs differ only by gin.
+"""The one trainer loop: reference, proxy and main runs, and every mixture method,
+differ only by gin (`train.method`: `train/methods`).
 
 Sections, top to bottom: configs; set-up (corpus, mesh, model, sharded state); the
 compiled step; the loop (batches in, step, metrics and checkpoints out); the run's
@@ -18,11 +19,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from doremi_jax import checkpoints, dro, fileio, metrics as metrics_lib, sharding
-from doremi_jax.data import inputs, sampler as sampler_lib, stats, weights as weights_lib
+from doremi_jax import checkpoints, fileio, metrics as metrics_lib, sharding
+from doremi_jax.data import inputs, sampler as sampler_lib, stats
 from doremi_jax.eval import downstream as downstream_lib, perplexity
 from doremi_jax.models import Transformer, TransformerConfig, param_count
 from doremi_jax.train import memory, setup
+from doremi_jax.train.methods import FIXED_MIXTURE, MixtureMethod
+from doremi_jax.train.methods.base import MethodError
 from doremi_jax.train.state import OptimizerConfig, make_optimizer
 
 
@@ -55,21 +58,6 @@ class TrainConfig:
     cap_epochs: bool = False  # renormalize the sampling weights under max_epochs instead
 
 
-@dataclasses.dataclass(frozen=True)
-class DroConfig:
-    """The DoReMi proxy's knobs (paper defaults: η = 1, c = 1e-3, uniform α_0)."""
-
-    mode: str = "reweight"  # or "resample": sampling rates follow α_t, plain loss
-    learning_rate: float = 1.0
-    smoothing: float = 1e-3
-    initial_weights: str = "uniform"  # α_0: natural | uniform | weights.json
-    reference_workdir: str | None = None
-    reference_model: TransformerConfig | None = None  # None: same as the proxy
-    accumulation: str = "exact"  # with microbatches > 1: exact | fast
-    early_stop_tolerance: float = 0.0  # stop when ‖mean of the last window's α_t − ᾱ_t‖∞ < tolerance
-    early_stop_window: int = 0
-
-
 class TrainingError(RuntimeError):
     pass
 
@@ -98,7 +86,7 @@ class _Preemption:
 
 
 RUN_OUTPUTS = (
-    "checkpoints", "tensorboard", "metrics.jsonl", "domain_weights.json", "eval_results.json",
+    "checkpoints", "tensorboard", "metrics.jsonl", "domain_weights.json", "main_mixture.gin", "eval_results.json",
     "downstream_results.json", "summary.json",
 )
 
@@ -166,12 +154,15 @@ def check_writable(workdir: str) -> None:
         raise TrainingError(f"workdir {workdir!r} is not writable: {e.strerror or e}") from None
 
 
-def load_reference(reference_workdir, reference_cfg, domains, vocabulary, mesh, rules):
+def load_reference(method, reference_cfg, domains, vocabulary, mesh, rules):
     """The reference model's params (sharded by the rules) and their shardings, after
     checking that it was trained on the same domains and vocabulary (by fingerprint:
     two SentencePiece models of one size are still two vocabularies)."""
+    reference_workdir = method.reference_workdir
     if not reference_workdir:
-        raise TrainingError("a doremi run needs DroConfig.reference_workdir (the reference run's workdir)")
+        name = type(method).__name__
+        raise TrainingError(f"{name} scores against a reference model: set {name}.reference_workdir "
+                            "(the reference run's workdir)")
     ref_identity = os.path.join(reference_workdir, "run.json")
     if fileio.exists(ref_identity):
         ref_run = json.loads(fileio.read_text(ref_identity))
@@ -192,13 +183,12 @@ def load_reference(reference_workdir, reference_cfg, domains, vocabulary, mesh, 
 def train(
     workdir: str,
     *,
-    run: str = "lm",
+    method: MixtureMethod = FIXED_MIXTURE,
     model: TransformerConfig = TransformerConfig(),
     data: inputs.DataConfig = inputs.DataConfig(),
     mesh: sharding.MeshConfig = sharding.MeshConfig(),
     optimizer: OptimizerConfig = OptimizerConfig(),
     config: TrainConfig = TrainConfig(),
-    doremi: DroConfig = DroConfig(),
     downstream: downstream_lib.DownstreamConfig = downstream_lib.DownstreamConfig(),
     sampling_weights: str = "natural",
     overwrite: bool = False,
@@ -208,8 +198,9 @@ def train(
 ) -> dict[str, Any]:
     """Train one model in `workdir` and return a summary (also written to summary.json).
 
-    run: `lm` (reference and main models: the token-mean loss on data sampled by
-    `sampling_weights`) or `doremi` (the proxy: Group DRO against `doremi.reference_workdir`).
+    method: the mixture method (`train/methods`; by default a fixed mixture: the
+    token-mean loss on data sampled by `sampling_weights`). Its state is in the train
+    state, so every method checkpoints and resumes the same way.
     Resumes from the latest checkpoint in `workdir/checkpoints`. Evaluates per-domain
     perplexity, and the `downstream` tasks when any, every `eval_every` steps and at the
     end. With `eval_only`, only evaluates that checkpoint (`python -m doremi_jax.evaluate`).
@@ -217,10 +208,12 @@ def train(
     checks pass; `stage_fingerprint` (the pipeline's) is part of the run's identity.
     Every check that can refuse the run comes before anything is written.
     """
-    if run not in ("lm", "doremi"):
-        raise TrainingError(f"train.run={run!r}: expected 'lm' or 'doremi'")
-    if doremi.mode not in ("reweight", "resample"):
-        raise TrainingError(f"DroConfig.mode={doremi.mode!r}: expected 'reweight' or 'resample'")
+    if not isinstance(method, MixtureMethod):
+        raise TrainingError(f"train.method={method!r}: expected a mixture method (doremi_jax/train/methods)")
+    try:
+        method.check()
+    except MethodError as e:
+        raise TrainingError(str(e)) from None
     downstream_lib.check_tasks(downstream.tasks)
     primary = jax.process_index() == 0
     if not eval_only:
@@ -234,7 +227,7 @@ def train(
     n_params = param_count(model)
     if primary:
         # The first line of every run: a wrong corpus or size is visible at once.
-        print(f"[{os.path.basename(os.path.normpath(workdir))}] {run} run on corpus {corpus.name!r} "
+        print(f"[{os.path.basename(os.path.normpath(workdir))}] {method.name} run on corpus {corpus.name!r} "
               f"(DATA_DIR {data.data_dir!r}, {k} domains: {', '.join(domains)}; vocabulary "
               f"{vocab.fingerprint}), {config.train_steps} steps x batch {config.batch_size} x "
               f"{config.sequence_length} tokens, model {n_params / 1e6:.2f}M parameters "
@@ -254,11 +247,12 @@ def train(
             print(f"warning: {line}", flush=True)
     if config.cap_epochs:
         fixed_sampling = stats.cap_weights(counts, fixed_sampling, budget, config.max_epochs)
-    alpha0 = inputs.named_weights(doremi.initial_weights, corpus) if run == "doremi" else fixed_sampling
+    alpha0 = method.start_weights(lambda name: inputs.named_weights(name, corpus), fixed_sampling)
     # What a resumed run must share with the run in its workdir (anything else, such as
     # more steps, may change on resume).
     identity = {
-        "run": run,
+        "run": method.name,
+        "method": method.identity(),
         "model": dataclasses.asdict(model),
         "domains": list(domains),
         "vocab_size": vocab_size,
@@ -278,17 +272,20 @@ def train(
         identity["pipeline_stage"] = stage_fingerprint
     if eval_only and not fileio.exists(os.path.join(workdir, "run.json")):
         raise TrainingError(f"no run to evaluate in {workdir!r} (no run.json)")
-    if run == "doremi" and not eval_only:
+    with_reference = method.needs_reference
+    reference = None
+    if with_reference and not eval_only:
         # Read (and check) the reference before this run writes anything.
-        reference_cfg = doremi.reference_model or model
+        reference_cfg = method.reference_model or model
         reference_params, ref_shardings = load_reference(
-            doremi.reference_workdir, reference_cfg, domains, vocab.fingerprint, device_mesh, mesh.rules
+            method, reference_cfg, domains, vocab.fingerprint, device_mesh, mesh.rules
         )
+        reference = (Transformer(reference_cfg), reference_params, ref_shardings)
     logging.info("model: %s parameters (%.1fM), mesh %s", f"{n_params:,}", n_params / 1e6, dict(device_mesh.shape))
 
     estimate = memory.memory_estimate(
         model, device_mesh, mesh.rules, optimizer.name, config.batch_size // config.microbatches,
-        config.sequence_length, run == "doremi",
+        config.sequence_length, with_reference,
     )
     total = sum(estimate.values())
     if primary:
@@ -306,13 +303,12 @@ def train(
 
     transformer = Transformer(model)
     tx = make_optimizer(optimizer, config.train_steps)
-    weight_tx = dro.multiplicative_weights(doremi.learning_rate, doremi.smoothing)
     seed_words = sampler_lib.stream_seed(config.seed, config.stream)
     rng = jax.random.PRNGKey(config.seed)
     if config.stream:
         rng = jax.random.fold_in(rng, seed_words[1])
     state, state_shardings, param_shardings = setup.init_state(
-        model, tx, alpha0, rng, device_mesh, mesh.rules, weight_tx
+        model, tx, alpha0, rng, device_mesh, mesh.rules, method
     )
 
     ckpt = checkpoints.Checkpointer(
@@ -345,9 +341,8 @@ def train(
         return summary
 
     # --- The compiled step.
-    reference = (Transformer(reference_cfg), reference_params, ref_shardings) if run == "doremi" else None
     run_step = setup.compile_step(
-        transformer, tx, weight_tx, k, doremi, config.microbatches, device_mesh, state_shardings, reference
+        transformer, tx, method, k, config.microbatches, device_mesh, state_shardings, reference
     )
 
     sampler = sampler_lib.MixtureSampler(
@@ -355,7 +350,7 @@ def train(
         stratified_batch=config.batch_size if data.stratified else 0,
     )
     rows = sharding.local_batch_rows(device_mesh, config.batch_size)
-    live_rates = run == "doremi" and doremi.mode == "resample"
+    live_rates = method.live_rates
 
     def next_batch(step, weights):
         local = sampler.batch(step, rows, weights)
@@ -369,7 +364,7 @@ def train(
     writer = metrics_lib.MetricWriter(workdir, domains, enabled=primary, tensorboard=config.tensorboard)
     tokens_per_step = config.batch_size * config.sequence_length
     summary: dict[str, Any] = {"start_step": start, "stopped": "finished"}
-    alpha_history: list[np.ndarray] = []  # α_t of the early-stop window
+    stop_early = method.early_stop()
 
     # --- The loop.
     with sharding.activate(device_mesh, mesh.rules), _Preemption() as preemption:
@@ -402,15 +397,10 @@ def train(
                 writer.write(step, {f"eval/{n}": v for n, v in evaluator(state.params).scalars().items()})
                 if downstream_eval:
                     writer.write(step, downstream_lib.scalars(downstream_eval(state.params)))
-            if run == "doremi" and doremi.early_stop_window:
-                alpha_history.append(np.asarray(step_metrics["domain_weights"]))
-                alpha_history = alpha_history[-doremi.early_stop_window:]
-                if len(alpha_history) == doremi.early_stop_window and dro.early_stop_reached(
-                    alpha_history, step_metrics["average_domain_weights"], doremi.early_stop_tolerance, step
-                ):
-                    summary["stopped"] = "early_stop"
-                    summary["steps_saved"] = config.train_steps - step
-                    break
+            if stop_early is not None and stop_early(step, step_metrics):
+                summary["stopped"] = "early_stop"
+                summary["steps_saved"] = config.train_steps - step
+                break
             if step % config.checkpoint_every == 0 or preemption.requested:
                 # This step's row first: a run resumed from this checkpoint starts after it.
                 _record(writer, *pending, summary, config.max_nonfinite_steps, ckpt)
@@ -439,12 +429,8 @@ def train(
         writer.close()
     summary["domains"] = list(domains)
     summary["sampling_weights"] = dict(zip(domains, np.asarray(fixed_sampling, float).tolist()))
-    if run == "doremi":
-        average = np.asarray(jax.device_get(state.dro_state.average), np.float64)
-        summary["average_domain_weights"] = dict(zip(domains, average.tolist()))
-        if primary and summary["stopped"] != "preempted":
-            weights_lib.write_weights(os.path.join(workdir, "domain_weights.json"), domains, average)
-            _write_mixture_gin(workdir)
+    if summary["stopped"] != "preempted":
+        summary.update(method.finish(workdir, domains, state, primary))
     if primary:
         fileio.write_text_atomic(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2))
     return summary
@@ -468,12 +454,3 @@ def _write_eval(workdir: str, result, downstream=None) -> None:
     fileio.write_text_atomic(os.path.join(workdir, "eval_results.json"), json.dumps(result.to_json(), indent=2))
     if downstream is not None:
         fileio.write_text_atomic(os.path.join(workdir, "downstream_results.json"), json.dumps(downstream, indent=2))
-
-
-def _write_mixture_gin(workdir: str) -> None:
-    """A gin file that points a main run's mixture at this proxy's ᾱ."""
-    path = os.path.join(fileio.absolute(workdir), "domain_weights.json")
-    fileio.write_text_atomic(
-        os.path.join(workdir, "main_mixture.gin"),
-        f"# Train a main model on the DoReMi weights of {workdir}.\ntrain.sampling_weights = '{path}'\n",
-    )

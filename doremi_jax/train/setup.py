@@ -12,7 +12,6 @@ import numpy as np
 
 from doremi_jax import sharding
 from doremi_jax.models import Transformer, TransformerConfig
-from doremi_jax.train import steps
 from doremi_jax.train.state import TrainState
 
 
@@ -35,8 +34,9 @@ def abstract_params(model_cfg: TransformerConfig, mesh, rules):
     return abstract, shardings
 
 
-def _init_fn(model_cfg, tx, weight_tx):
-    """rng, α_0 -> a fresh TrainState (traced under jit or eval_shape, never eagerly)."""
+def _init_fn(model_cfg, tx, method):
+    """rng, initial weights -> a fresh TrainState (traced under jit or eval_shape, never
+    eagerly); the mixture `method` gives its own state."""
     model = Transformer(model_cfg)
     dummy = np.zeros((1, min(8, model_cfg.max_length)), np.int32)  # numpy: no device array
 
@@ -48,22 +48,21 @@ def _init_fn(model_cfg, tx, weight_tx):
             opt_state=tx.init(params),
             rng=rng,
             domain_weights=alpha,
-            dro_state=weight_tx.init(alpha),
+            method_state=method.init_state(alpha),
             nonfinite_steps=jnp.zeros([], jnp.int32),
-            excess_estimate=-jnp.ones_like(alpha),  # < 0: not seen yet (dro.carry_absent_domains)
         )
 
     return init_fn
 
 
-def abstract_state(model_cfg, tx, num_domains, mesh, rules, weight_tx):
+def abstract_state(model_cfg, tx, num_domains, mesh, rules, method):
     """The train state as shapes with their shardings (nothing allocated), its
     shardings and the parameters' shardings: what `init_state` would build, and what
     the ahead-of-time compile (`doremi_jax.aot`) lowers the steps against."""
     _, param_shardings = abstract_params(model_cfg, mesh, rules)
     alpha = jax.ShapeDtypeStruct((num_domains,), jnp.float32)
     with sharding.activate(mesh, rules):
-        shapes = jax.eval_shape(_init_fn(model_cfg, tx, weight_tx), _KEY_SHAPE, alpha)
+        shapes = jax.eval_shape(_init_fn(model_cfg, tx, method), _KEY_SHAPE, alpha)
         # Optimizer moments follow their parameters; everything else is replicated.
         state_shardings = _state_shardings(shapes, param_shardings, mesh)
     abstract = jax.tree.map(
@@ -72,13 +71,13 @@ def abstract_state(model_cfg, tx, num_domains, mesh, rules, weight_tx):
     return abstract, state_shardings, param_shardings
 
 
-def init_state(model_cfg, tx, weights, rng, mesh, rules, weight_tx):
+def init_state(model_cfg, tx, weights, rng, mesh, rules, method):
     """The train state, initialised directly sharded (never materialised whole)."""
     _, state_shardings, param_shardings = abstract_state(
-        model_cfg, tx, len(weights), mesh, rules, weight_tx
+        model_cfg, tx, len(weights), mesh, rules, method
     )
     with sharding.activate(mesh, rules):
-        state = jax.jit(_init_fn(model_cfg, tx, weight_tx), out_shardings=state_shardings)(
+        state = jax.jit(_init_fn(model_cfg, tx, method), out_shardings=state_shardings)(
             rng, jnp.asarray(weights, jnp.float32)
         )
     return state, state_shardings, param_shardings
@@ -103,48 +102,31 @@ def _state_shardings(abstract: TrainState, param_shardings, mesh):
     return rest.replace(params=param_shardings, opt_state=opt_shardings)
 
 
-def jit_step(model, tx, weight_tx, num_domains, doremi, microbatches, mesh, state_shardings, reference=None):
-    """The jitted step with explicit shardings and the state donated, not yet bound to
-    data: (state, batch) -> (state, metrics), the LM step; or, with `reference` =
-    (reference model, its params' shardings), the DoReMi proxy step
-    (state, batch, reference params) -> (state, metrics). The trainer and the benchmark
-    both compile this one."""
+def jit_step(model, tx, method, num_domains, microbatches, mesh, state_shardings, reference=None):
+    """The mixture `method`'s step, jitted with explicit shardings and the state donated,
+    not yet bound to data: (state, batch) -> (state, metrics); or, with `reference` =
+    (reference model, its params' shardings), (state, batch, reference params) ->
+    (state, metrics). The trainer, the benchmark and the ahead-of-time compile all
+    compile this one."""
     batch_shard = sharding.batch_sharding(mesh)
     replicated = sharding.replicated(mesh)
-    if reference is not None:
-        reference_model, ref_shardings = reference
-        return jax.jit(
-            lambda s, b, r: steps.doremi_step(
-                s, b, r,
-                model=model,
-                reference_model=reference_model,
-                tx=tx,
-                weight_tx=weight_tx,
-                num_domains=num_domains,
-                mode=doremi.mode,
-                microbatches=microbatches,
-                accumulation=doremi.accumulation,
-            ),
-            in_shardings=(state_shardings, batch_shard, ref_shardings),
-            out_shardings=(state_shardings, replicated),
-            donate_argnums=(0,),
-        )
+    reference_model, ref_shardings = reference if reference is not None else (None, None)
+    step = method.step_fn(
+        model=model, tx=tx, num_domains=num_domains, microbatches=microbatches, reference_model=reference_model
+    )
+    in_shardings = (state_shardings, batch_shard) + ((ref_shardings,) if reference is not None else ())
     return jax.jit(
-        lambda s, b: steps.lm_step(s, b, model=model, tx=tx, num_domains=num_domains, microbatches=microbatches),
-        in_shardings=(state_shardings, batch_shard),
-        out_shardings=(state_shardings, replicated),
-        donate_argnums=(0,),
+        step, in_shardings=in_shardings, out_shardings=(state_shardings, replicated), donate_argnums=(0,)
     )
 
 
-def compile_step(model, tx, weight_tx, num_domains, doremi, microbatches, mesh, state_shardings, reference=None):
+def compile_step(model, tx, method, num_domains, microbatches, mesh, state_shardings, reference=None):
     """`run_step(state, batch) -> (state, metrics)`: `jit_step`, with the reference params
     bound when `reference` is given as (reference model, its params, their shardings)."""
     if reference is None:
-        return jit_step(model, tx, weight_tx, num_domains, doremi, microbatches, mesh, state_shardings)
+        return jit_step(model, tx, method, num_domains, microbatches, mesh, state_shardings)
     reference_model, reference_params, ref_shardings = reference
     step_fn = jit_step(
-        model, tx, weight_tx, num_domains, doremi, microbatches, mesh, state_shardings,
-        (reference_model, ref_shardings),
+        model, tx, method, num_domains, microbatches, mesh, state_shardings, (reference_model, ref_shardings),
     )
     return lambda s, b: step_fn(s, b, reference_params)

@@ -10,17 +10,16 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from doremi_jax import dro
 
 
 @struct.dataclass
 class TrainState:
     """Everything a step reads and writes; checkpointed whole.
 
-    domain_weights: α_t, float32[k]. In a DoReMi run the DRO weights; in a plain LM run
-    the (fixed) sampling weights. dro_state: the multiplicative-weights state (ᾱ lives
-    in `dro_state.average`). nonfinite_steps: consecutive skipped steps. excess_estimate:
-    λ of the domains absent from a resample-mode batch (their last one).
+    domain_weights: float32[k], the mixture method's current weights (DoReMi's α_t,
+    ODM's rates π_t; a fixed mixture's sampling weights). method_state: whatever else the
+    method keeps between steps (a pytree; `()` for a fixed mixture), so that it is
+    checkpointed and resumed with the rest. nonfinite_steps: consecutive skipped steps.
     """
 
     step: jax.Array
@@ -28,9 +27,8 @@ class TrainState:
     opt_state: Any
     rng: jax.Array
     domain_weights: jax.Array
-    dro_state: dro.MultiplicativeWeightsState
+    method_state: Any
     nonfinite_steps: jax.Array
-    excess_estimate: jax.Array  # float32[k]: each domain's last λ (resample mode)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,10 @@
 `lm_step` trains on the plain token mean (reference and main runs); `doremi_step` is
 the proxy step of DoReMi (paper, Algorithm 1): reference losses forward only, λ_t from
 the global batch, α_t by the multiplicative-weights transform, and a gradient step on
-Σ_i α_t[i]·mean_i(ℓ_θ). Both skip a step whose loss, λ or gradient is not finite.
+Σ_i α_t[i]·mean_i(ℓ_θ); `odm_step` is the LM step followed by Online Data Mixing's
+EXP3 update of the sampling rates from the batch's per-domain losses (`bandit`). Each
+skips a step whose loss, λ or gradient is not finite. The mixture methods
+(`train/methods`) choose among them.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from doremi_jax import dro
+from doremi_jax import bandit, dro
 from doremi_jax.losses import token_losses
 from doremi_jax.train.state import TrainState
 
@@ -141,9 +144,9 @@ def doremi_step(
 
     def update_weights(lam):
         if mode == "resample":
-            lam = dro.carry_absent_domains(lam, counts, state.excess_estimate)
-        updates, dro_state = weight_tx.update(lam, state.dro_state, state.domain_weights)
-        return lam, optax.apply_updates(state.domain_weights, updates), dro_state
+            lam = dro.carry_absent_domains(lam, counts, state.method_state.excess_estimate)
+        updates, weights_state = weight_tx.update(lam, state.method_state.weights, state.domain_weights)
+        return lam, optax.apply_updates(state.domain_weights, updates), dro.ProxyState(weights_state, lam)
 
     if microbatches == 1:
         # One pass: α_t depends on this batch's proxy losses, which the forward gives
@@ -184,9 +187,7 @@ def doremi_step(
         raise ValueError(f"accumulation={accumulation!r}: expected 'exact' or 'fast'")
 
     lam_ok = jnp.all(jnp.isfinite(lam)) & jnp.all(jnp.isfinite(alpha))
-    new_state, grad_norm, ok = _finish(
-        state, grads, loss, tx, lam_ok, domain_weights=alpha, dro_state=dro_state, excess_estimate=lam
-    )
+    new_state, grad_norm, ok = _finish(state, grads, loss, tx, lam_ok, domain_weights=alpha, method_state=dro_state)
     metrics = {
         "loss": loss,
         "grad_norm": grad_norm,
@@ -195,11 +196,34 @@ def doremi_step(
         "excess_loss": lam,
         # From the new state: a skipped step reports the weights it kept.
         "domain_weights": new_state.domain_weights,
-        "average_domain_weights": new_state.dro_state.average,
+        "average_domain_weights": new_state.method_state.weights.average,
         "distance_from_uniform": jnp.linalg.norm(new_state.domain_weights - 1.0 / num_domains),
         # How far this step moved ᾱ (L∞): the signal the proxy's early stop watches.
-        "average_change": jnp.max(jnp.abs(new_state.dro_state.average - state.dro_state.average)),
+        "average_change": jnp.max(jnp.abs(new_state.method_state.weights.average - state.method_state.weights.average)),
         "domain_tokens": counts,
         **_step_health(new_state, ok),
     }
+    return new_state, metrics
+
+
+def odm_step(state: TrainState, batch: Batch, *, model, tx, num_domains: int, microbatches: int = 1,
+             smoothing: float = 0.9, warmup_steps: int = 0):
+    """The LM step, then Online Data Mixing's EXP3 update: each domain's mean loss in
+    this batch is its reward, and the rates for the next batch come out in
+    `domain_weights` (`bandit.update`). During the first `warmup_steps` steps the rates
+    stay where they started and nothing is learnt; a skipped step changes nothing."""
+    new_state, metrics = lm_step(state, batch, model=model, tx=tx, num_domains=num_domains, microbatches=microbatches)
+    rates, bandit_state = bandit.update(
+        state.method_state, metrics["domain_loss"], metrics["domain_tokens"], state.domain_weights, smoothing
+    )
+    learn = metrics["step_ok"] & (state.step >= warmup_steps)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(learn, a, b), new, old)  # noqa: E731
+    new_state = new_state.replace(
+        domain_weights=keep(rates, state.domain_weights), method_state=keep(bandit_state, state.method_state)
+    )
+    metrics.update(
+        domain_weights=new_state.domain_weights,
+        average_domain_weights=new_state.method_state.average,
+        estimated_reward=new_state.method_state.reward,
+    )
     return new_state, metrics
