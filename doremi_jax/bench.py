@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from doremi_jax import hardware, sharding
-from doremi_jax.models import Transformer, TransformerConfig, model_flops_per_step, param_count
+from doremi_jax.models import TransformerConfig, model_flops_per_step, param_count
 from doremi_jax.train import methods, setup
 from doremi_jax.train.state import OptimizerConfig, make_optimizer
 
@@ -100,7 +100,7 @@ def benchmark(
     )
     reference = jax.tree.map(lambda x: x.copy(), state.params)
     batch = _synthetic_batch(device_mesh, bench.batch_size, bench.sequence_length, model.vocab_size, num_domains)
-    transformer = Transformer(model)
+    transformer = model.make()
     results: dict[str, Any] = {
         "device": jax.devices()[0].device_kind,
         "platform": jax.default_backend(),

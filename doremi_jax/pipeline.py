@@ -31,10 +31,11 @@ import numpy as np
 
 from doremi_jax import cli, config, fileio, report, sharding
 from doremi_jax.data import weights as weights_lib
-from doremi_jax.train import loop
+from doremi_jax.train import loop, methods
 
 
 STAGE_SCOPES = ("reference", "proxy", "main")
+ODM = methods.OnlineDataMixing.__name__  # gin's name for the method
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,10 +157,13 @@ class StageFactory:
                      [*self.common_bindings, *self.proxy_bindings, f"REFERENCE_DIR = '{reference_dir}'"],
                      self.command_line, upstream)
 
-    def main(self, name: str, weights: str, upstream: str, seed: int | None = None) -> Stage:
+    def main(self, name: str, weights: str, upstream: str, seed: int | None = None, method: str = "") -> Stage:
+        """A main model on `weights`; with `method` (a mixture method's gin name, such as
+        OnlineDataMixing) that method moves the rates from there as it trains."""
         seeded = [] if seed is None else [f"TrainConfig.seed = {seed}", f"DownstreamConfig.seed = {seed}"]
+        chosen = [f"train.method = @{method}()"] if method else []
         return Stage(self.workdir, name, "main", self.main_gin,
-                     [*self.common_bindings, *self.main_bindings, f"MIXTURE_WEIGHTS = '{weights}'", *seeded],
+                     [*self.common_bindings, *self.main_bindings, f"MIXTURE_WEIGHTS = '{weights}'", *chosen, *seeded],
                      self.command_line, upstream)
 
 
@@ -195,6 +199,7 @@ def run_pipeline(
     max_rounds: int = 1,
     tolerance: float = 1e-3,
     main_seeds: Sequence[int] = (),
+    odm: bool = False,
     command_line: CommandLine = CommandLine(),
     config_text: str | None = None,
 ) -> dict[str, Any]:
@@ -206,7 +211,9 @@ def run_pipeline(
     every stage's gin has parsed. `main_seeds`: with two or more, both main models are
     trained once per seed (folders main_doremi_seed<s>, main_baseline_seed<s>) and the
     comparison gives the mean and spread over seeds; empty (default), one pair with the
-    runs' own SEED."""
+    runs' own SEED. `odm`: also train a main model per seed with Online Data Mixing
+    (folders main_odm[_seed<s>], its rates starting from `baseline_weights`), compared
+    with the same baseline in eval.json ("odm") and report.md."""
     stages = StageFactory(
         workdir, tuple(reference_gin), tuple(proxy_gin), tuple(main_gin), tuple(common_bindings),
         tuple(reference_bindings), tuple(proxy_bindings), tuple(main_bindings), command_line,
@@ -216,7 +223,8 @@ def run_pipeline(
     # Every stage's configuration is checked before anything is written.
     _check_command_line(
         [reference_stage(1, initial_reference_weights, ""), proxy_stage(1, workdir, ""),
-         main_stage("main_doremi", baseline_weights, "")],
+         main_stage("main_doremi", baseline_weights, "")]
+        + ([main_stage("main_odm", baseline_weights, "", method=ODM)] if odm else []),
         command_line,
     )
     loop.check_writable(workdir)
@@ -255,7 +263,7 @@ def run_pipeline(
     _write_json(os.path.join(workdir, "rounds.json"), rounds)
 
     seeds = [int(x) for x in main_seeds] if len(main_seeds) > 1 else [None]
-    per_seed = []
+    per_seed, odm_pairs = [], []
     for seed in seeds:
         suffix = "" if seed is None else f"_seed{seed}"
         doremi_stage = main_stage(f"main_doremi{suffix}", final, _file_hash(final), seed)
@@ -264,6 +272,13 @@ def run_pipeline(
         baseline_summary, _ = baseline_stage.run()
         pair = report.compare(doremi_stage.workdir, baseline_stage.workdir, doremi_summary, baseline_summary)
         pair["seed"] = seed
+        if odm:
+            odm_stage = main_stage(f"main_odm{suffix}", baseline_weights, "odm", seed, method=ODM)
+            odm_summary, _ = odm_stage.run()
+            odm_pairs.append(dict(
+                report.compare(odm_stage.workdir, baseline_stage.workdir, odm_summary, baseline_summary, "odm"),
+                seed=seed, workdir=odm_stage.workdir, weights=odm_summary["average_domain_weights"],
+            ))
         per_seed.append((pair, doremi_stage.workdir, baseline_stage.workdir))
 
     first, doremi_dir, baseline_dir = per_seed[0]
@@ -274,11 +289,17 @@ def run_pipeline(
     if len(per_seed) > 1:
         evaluation["per_seed"] = [pair for pair, _, _ in per_seed]
         evaluation["across_seeds"] = report.across_seeds(evaluation["per_seed"])
+    if odm_pairs:
+        evaluation["odm"] = odm_pairs[0]
+        if len(odm_pairs) > 1:
+            evaluation["odm"]["across_seeds"] = report.across_seeds(odm_pairs)
     _write_json(os.path.join(workdir, "eval.json"), evaluation)
     if jax.process_index() == 0:
         report.write_report(workdir, rounds, evaluation, doremi_dir, baseline_dir)
         print(report.weights_table(domains, baseline, rounds[-1]["average_domain_weights"]))
         print(report.eval_table(evaluation))
+        if evaluation.get("odm"):
+            print(report.eval_table(evaluation["odm"]))
         if evaluation.get("across_seeds"):
             print(report.seeds_table(evaluation["across_seeds"]))
         if evaluation.get("downstream"):

@@ -78,13 +78,20 @@ def downstream_average(doremi_dir: str, baseline_dir: str, downstream: Mapping[s
     }
 
 
-def compare(doremi_dir: str, baseline_dir: str, doremi_summary: Mapping, baseline_summary: Mapping) -> dict[str, Any]:
+# How the report names a method's main model (the key of its results in eval.json).
+LABELS = {"doremi": "DoReMi", "odm": "ODM"}
+
+
+def compare(doremi_dir: str, baseline_dir: str, doremi_summary: Mapping, baseline_summary: Mapping,
+            method: str = "doremi") -> dict[str, Any]:
+    """A main model trained by `method` against the baseline main model."""
     d, b = doremi_summary["eval"], baseline_summary["eval"]
     domains = list(d["log_perplexity"])
     improved = [x for x in domains if d["log_perplexity"][x] < b["log_perplexity"][x]]
     result = {
+        "method": method,
         "domains": domains,
-        "doremi": d,
+        method: d,
         "baseline": b,
         "domains_improved": len(improved),
         "improved": improved,
@@ -112,16 +119,18 @@ def across_seeds(per_seed: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     deviation over seeds; a domain counts as improved (or worse) only when its mean
     difference exceeds its spread; the speedup is given with its range."""
     domains = per_seed[0]["domains"]
+    method = per_seed[0].get("method", "doremi")
 
     def triple(get):
-        d = [get(e["doremi"]) for e in per_seed]
+        d = [get(e[method]) for e in per_seed]
         b = [get(e["baseline"]) for e in per_seed]
-        return {"doremi": _spread(d), "baseline": _spread(b), "change": _spread(np.subtract(d, b))}
+        return {method: _spread(d), "baseline": _spread(b), "change": _spread(np.subtract(d, b))}
 
     per_domain = {dom: triple(lambda r, dom=dom: r["log_perplexity"][dom]) for dom in domains}
     speedups = [e.get("speedup") for e in per_seed]
     reached = [x for x in speedups if x]
     return {
+        "method": method,
         "seeds": [e["seed"] for e in per_seed],
         "log_perplexity": per_domain,
         "average": triple(lambda r: r["average"]),
@@ -133,7 +142,7 @@ def across_seeds(per_seed: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _verdict(name: str, change: Mapping[str, Any]) -> str:
+def _verdict(name: str, change: Mapping[str, Any], label: str = "DoReMi") -> str:
     mean, std = change["mean"], change["std"]
     if mean < -std:
         word = "lower than the baseline's, beyond the spread over seeds"
@@ -141,17 +150,19 @@ def _verdict(name: str, change: Mapping[str, Any]) -> str:
         word = "higher than the baseline's, beyond the spread over seeds"
     else:
         word = "within the spread over seeds of the baseline's: not distinguishable from noise"
-    return f"DoReMi's {name} log-perplexity is {word} ({mean:+.4f} ± {std:.4f} nats)."
+    return f"{label}'s {name} log-perplexity is {word} ({mean:+.4f} ± {std:.4f} nats)."
 
 
 def seeds_table(summary: Mapping[str, Any]) -> str:
     n = len(summary["seeds"])
+    method = summary.get("method", "doremi")
+    label = LABELS.get(method, method)
     lines = [f"Mean ± standard deviation over {n} seeds ({', '.join(map(str, summary['seeds']))}); the change is "
              "paired by seed.", "",
-             "| domain | baseline log-ppl | DoReMi log-ppl | change |", "|---|---:|---:|---:|"]
+             f"| domain | baseline log-ppl | {label} log-ppl | change |", "|---|---:|---:|---:|"]
 
     def row(name, t):
-        b, d, c = t["baseline"], t["doremi"], t["change"]
+        b, d, c = t["baseline"], t[method], t["change"]
         return f"| {name} | {b['mean']:.4f} ± {b['std']:.4f} | {d['mean']:.4f} ± {d['std']:.4f} | {c['mean']:+.4f} ± {c['std']:.4f} |"
 
     lines += [row(dom, t) for dom, t in summary["log_perplexity"].items()]
@@ -161,14 +172,14 @@ def seeds_table(summary: Mapping[str, Any]) -> str:
                  + (f" ({', '.join(summary['improved'])})" if summary["improved"] else "")
                  + f"; worse beyond the spread: {len(summary['worse'])}"
                  + (f" ({', '.join(summary['worse'])})" if summary["worse"] else "") + ".")
-    lines.append(_verdict("average", summary["average"]["change"]))
-    lines.append(_verdict("worst-case", summary["worst"]["change"]))
+    lines.append(_verdict("average", summary["average"]["change"], label))
+    lines.append(_verdict("worst-case", summary["worst"]["change"], label))
     sp = summary["speedup"]
     if sp["seeds_reaching_baseline"]:
         lines.append(f"Speedup to the baseline's final average log-perplexity: {sp['min']:.2f}x to {sp['max']:.2f}x "
                      f"({sp['seeds_reaching_baseline']} of {n} seeds reach it).")
     else:
-        lines.append("DoReMi did not reach the baseline's final average log-perplexity with any seed.")
+        lines.append(f"{label} did not reach the baseline's final average log-perplexity with any seed.")
     return "\n".join(lines)
 
 
@@ -181,9 +192,11 @@ def weights_table(domains: Sequence[str], baseline, doremi: Mapping[str, float])
 
 
 def eval_table(evaluation: Mapping[str, Any]) -> str:
-    d, b = evaluation["doremi"], evaluation["baseline"]
+    method = evaluation.get("method", "doremi")
+    label = LABELS.get(method, method)
+    d, b = evaluation[method], evaluation["baseline"]
     lines = [
-        "| domain | baseline log-ppl | DoReMi log-ppl | change |",
+        f"| domain | baseline log-ppl | {label} log-ppl | change |",
         "|---|---:|---:|---:|",
     ]
     for dom in evaluation["domains"]:
@@ -199,11 +212,11 @@ def eval_table(evaluation: Mapping[str, Any]) -> str:
     lines.append(f"Domains improved: {evaluation['domains_improved']} of {len(evaluation['domains'])}.")
     if evaluation.get("speedup"):
         lines.append(
-            f"DoReMi reaches the baseline's final average log-perplexity at step "
+            f"{label} reaches the baseline's final average log-perplexity at step "
             f"{evaluation['steps_to_baseline']}: {evaluation['speedup']:.2f}x fewer steps."
         )
     else:
-        lines.append("DoReMi did not reach the baseline's final average log-perplexity within the run.")
+        lines.append(f"{label} did not reach the baseline's final average log-perplexity within the run.")
     return "\n".join(lines)
 
 
@@ -328,6 +341,8 @@ def write_report(workdir: str, rounds: list[dict], evaluation: Mapping[str, Any]
     if evaluation.get("across_seeds"):
         lines[lines.index("## Main models: DoReMi weights vs baseline weights")] += f" (seed {evaluation['seed']})"
         lines += ["## Main models over seeds", "", seeds_table(evaluation["across_seeds"]), ""]
+    if evaluation.get("odm"):
+        lines += _odm_section(workdir, evaluation["odm"], domains, baseline, final)
     downstream = evaluation.get("downstream") or {}
     if downstream:
         lines += ["## Downstream accuracy (greedy decoding)", "",
@@ -345,3 +360,34 @@ def write_report(workdir: str, rounds: list[dict], evaluation: Mapping[str, Any]
     path = os.path.join(workdir, "report.md")
     fileio.write_text_atomic(path, "\n".join(lines))
     return path
+
+
+def _odm_section(workdir: str, odm: Mapping[str, Any], domains: Sequence[str], baseline, doremi) -> list[str]:
+    """Online Data Mixing's main model against the same baseline: its rates over
+    training, their mean beside the DoReMi weights, and the comparison."""
+    steps, rates = _alpha_trajectories(odm["workdir"], domains)
+    metrics.plot_lines(
+        os.path.join(workdir, "odm_rates.png"), {d: (steps, rates[d]) for d in domains},
+        "ODM sampling rates over the main model's steps", "step", "sampling rate π_t",
+    )
+    top = max(domains, key=lambda d: odm["weights"][d])
+    lines = [
+        "## Main models: Online Data Mixing vs baseline weights",
+        "",
+        "| domain | baseline | DoReMi | ODM (mean rate) |",
+        "|---|---:|---:|---:|",
+        *[f"| {d} | {baseline[i]:.4f} | {doremi[d]:.4f} | {odm['weights'][d]:.4f} |" for i, d in enumerate(domains)],
+        "",
+        "![ODM rates](odm_rates.png)",
+        "",
+        eval_table(odm),
+        "",
+        f"ODM's reward is the main model's own training loss, so it samples most from the domains the model "
+        f"finds hardest, whether or not they can be learnt (a pure-noise domain included); here its highest "
+        f"mean rate went to {top}. DoReMi's excess loss over a reference does not reward what no model learns.",
+        "",
+    ]
+    if odm.get("across_seeds"):
+        lines += ["### ODM over seeds", "", seeds_table(odm["across_seeds"]), ""]
+    return lines
+

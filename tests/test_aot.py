@@ -19,6 +19,7 @@ from doremi_jax.aot import compile as aot_compile, hlo, topology
 from doremi_jax.models import TransformerConfig, model_flops_per_step
 from doremi_jax.train import loop, setup
 from doremi_jax.train.state import OptimizerConfig
+from doremi_jax.train.methods import DoReMi, FixedMixture
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOPOLOGY = "v5p:2x2x2"  # 8 chips on 2 hosts
@@ -48,9 +49,9 @@ def devices():
 
 def _plan(mesh_cfg, run="lm"):
     return aot_compile.StagePlan(
-        name="proxy" if run == "doremi" else "main", run=run, model=MODEL, mesh=mesh_cfg,
+        name="proxy" if run == "doremi" else "main", model=MODEL, mesh=mesh_cfg,
         optimizer=OptimizerConfig(), config=loop.TrainConfig(batch_size=32, sequence_length=128),
-        doremi=loop.DroConfig(),
+        method=DoReMi() if run == "doremi" else FixedMixture(),
     )
 
 

@@ -66,9 +66,10 @@ def test_pipeline_on_a_folder_corpus_from_the_command_line(tmp_path):
         assert "6 steps x batch 8 x 64 tokens" in line
     assert not [n for n in NOISE if n in first.stderr + first.stdout], first.stderr[:2000]
 
-    # One proxy-only override: the proxy and what follows from it retrain, nothing else.
+    # One proxy-only override: the proxy and what follows from it retrain, nothing else;
+    # and a main model with Online Data Mixing joins the comparison.
     before = {s: os.path.getmtime(os.path.join(workdir, s, "summary.json")) for s in stages}
-    second = run_entry("pipeline", *args, "--gin.proxy/DoReMi.learning_rate=0.25")
+    second = run_entry("pipeline", *args, "--gin.proxy/DoReMi.learning_rate=0.25", "--gin.run_pipeline.odm=True")
     assert second.returncode == 0, second.stderr[-3000:]
     after = {s: os.path.getmtime(os.path.join(workdir, s, "summary.json")) for s in stages}
     assert after["round_1/reference"] == before["round_1/reference"]
@@ -78,6 +79,14 @@ def test_pipeline_on_a_folder_corpus_from_the_command_line(tmp_path):
     proxy_gin = open(os.path.join(workdir, "round_1/proxy/config.gin")).read()
     assert "DoReMi.learning_rate = 0.25" in proxy_gin
     assert "0.25" not in open(os.path.join(workdir, "main_doremi/config.gin")).read()
+    odm = summary(workdir, "main_odm")
+    assert odm["domains"] == ["easy", "learnable", "noise"] and odm["step"] == 6
+    assert "train.method = @OnlineDataMixing()" in open(os.path.join(workdir, "main_odm/config.gin")).read()
+    evaluation = json.load(open(os.path.join(workdir, "eval.json")))
+    assert evaluation["odm"]["odm"] == odm["eval"] and evaluation["odm"]["weights"] == odm["average_domain_weights"]
+    report = open(os.path.join(workdir, "report.md")).read()
+    assert "## Main models: Online Data Mixing vs baseline weights" in report and "| domain | baseline log-ppl | ODM log-ppl |" in report
+    assert os.path.exists(os.path.join(workdir, "odm_rates.png"))
 
 
 @pytest.mark.slow

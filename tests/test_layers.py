@@ -116,3 +116,15 @@ def test_the_check_sees_an_upward_import(tmp_path, monkeypatch):
     targets = _imports(str(planted), modules)
     assert targets == {"doremi_jax.train.loop"}
     assert _layer("doremi_jax.train.loop") >= _layer("doremi_jax.data.planted")
+
+
+def test_the_loop_names_no_mixture_method():
+    """The loop asks the method (train/methods); a method-specific branch is a regression."""
+    import re
+
+    from doremi_jax.train.methods import METHODS
+
+    source = open(os.path.join(PACKAGE, "train", "loop.py")).read().replace("doremi_jax", "")
+    for method in METHODS:
+        for name in {method.__name__, method.name, "dro", "bandit"}:
+            assert not re.search(rf"\b{re.escape(name)}\b", source, re.IGNORECASE), f"train/loop.py names {name!r}"

@@ -5,6 +5,7 @@ import functools
 import json
 import math
 import os
+import shlex
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,7 @@ from doremi_jax.train import setup as train_setup, steps
 from doremi_jax.train.methods import OnlineDataMixing
 from doremi_jax.train.state import OptimizerConfig, make_optimizer
 
+from conftest import REPO
 from helpers import TINY, write_three_domain_corpus
 from test_command_line import run_entry
 
@@ -157,3 +159,36 @@ def test_odm_trains_from_its_gin_file_on_a_written_corpus(tmp_path):
     final = trajectory[-1]
     assert final[2] == final.max() and final[0] == final.min(), final
     assert os.path.exists(os.path.join(workdir, "main_mixture.gin"))
+
+
+@pytest.mark.slow
+def test_the_readme_odm_command_runs_and_resumes(tmp_path):
+    readme = open(os.path.join(REPO, "README.md")).read()
+    command = next(line for line in readme.splitlines() if "gin/runs/odm.gin" in line and "python -m" in line)
+    args = shlex.split(command.strip().strip("`"))[3:]  # after `python -m doremi_jax.train`
+    workdir = str(tmp_path / "o")
+    args = [a if not a.startswith("--workdir=") else f"--workdir={workdir}" for a in args]
+    shrink = ["--gin.BATCH_SIZE=8", "--gin.SEQUENCE_LENGTH=64", "--gin.TrainConfig.eval_tokens_per_domain=512"]
+    done = run_entry("train", *args, *shrink)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first = json.load(open(os.path.join(workdir, "summary.json")))
+    assert first["step"] == 20 and set(first["average_domain_weights"]) == {"code", "noise", "prose", "repetitive"}
+    # More steps resume the bandit where it stopped (its state is in the checkpoint).
+    more = run_entry("train", *args, *shrink, "--gin.TRAIN_STEPS=24")
+    assert more.returncode == 0 and "resuming from step 20" in more.stdout, more.stderr[-3000:]
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 25))
+
+
+def test_bad_odm_settings_are_one_line_and_write_nothing(tmp_path, capsys):
+    from doremi_jax import cli
+    from doremi_jax.train import __main__ as train_main
+
+    workdir = tmp_path / "bad"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(train_main.run, ["--gin_file=gin/runs/odm.gin", "--gin_file=gin/models/tiny.gin",
+                                  "--gin.OnlineDataMixing.smoothing=1.5", f"--workdir={workdir}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 1 and len(err) == 1
+    assert "OnlineDataMixing.smoothing=1.5: expected 0 <= smoothing < 1" in err[0]
+    assert not (workdir / "run.json").exists() and not (workdir / "checkpoints").exists()

@@ -34,7 +34,7 @@ def proxy_run(name):
     alpha0 = np.full(K, 1 / K)
     state, state_sh, param_sh = setup.init_state(TINY, tx, alpha0, jax.random.PRNGKey(0), mesh, rules, DoReMi())
     ref_state, _, _ = setup.init_state(TINY, tx, alpha0, jax.random.PRNGKey(1), mesh, rules, DoReMi())
-    model = loop.Transformer(TINY)
+    model = TINY.make()
     step = jax.jit(
         functools.partial(steps.doremi_step, model=model, reference_model=model, tx=tx, weight_tx=weight_tx, num_domains=K),
         in_shardings=(state_sh, sharding.batch_sharding(mesh), param_sh),

@@ -10,7 +10,7 @@ import pytest
 from doremi_jax import dro, losses, sharding
 from doremi_jax.data.corpus import TokenStream
 from doremi_jax.data.sampler import MixtureSampler
-from doremi_jax.train import loop, steps
+from doremi_jax.train import steps
 from doremi_jax.train import setup as train_setup  # `setup` is a fixture here
 from doremi_jax.train.state import OptimizerConfig, make_optimizer
 from doremi_jax.train.methods import DoReMi
@@ -41,7 +41,7 @@ def setup():
     def batch(step):
         return sharding.make_global_batch(mesh, sampler.batch(step, rows, alpha0), 16)
 
-    return dict(mesh=mesh, tx=tx, weight_tx=weight_tx, state=state, batch=batch, model=loop.Transformer(TINY))
+    return dict(mesh=mesh, tx=tx, weight_tx=weight_tx, state=state, batch=batch, model=TINY.make())
 
 
 def copy(tree):

@@ -28,7 +28,7 @@ from doremi_jax import hardware, sharding
 from doremi_jax.aot import hlo
 from doremi_jax.data import sampler
 from doremi_jax.eval import perplexity
-from doremi_jax.models import Transformer, TransformerConfig, model_flops_per_step
+from doremi_jax.models import TransformerConfig, model_flops_per_step
 from doremi_jax.train import loop, memory, setup
 from doremi_jax.train.methods import MixtureMethod
 from doremi_jax.train.state import OptimizerConfig, make_optimizer
@@ -95,7 +95,7 @@ def _lowered(plan: StagePlan, model_cfg: TransformerConfig, mesh, step: str, num
     state, state_shardings, param_shardings = setup.abstract_state(model_cfg, tx, num_domains, mesh, rules, plan.method)
     rows = (plan.config.eval_batch_size or plan.config.batch_size) if step == "eval_step" else plan.config.batch_size
     batch = abstract_batch(mesh, rows, plan.config.sequence_length)
-    model = Transformer(model_cfg)
+    model = model_cfg.make()
     with sharding.activate(mesh, rules):
         if step == "eval_step":
             return perplexity.jit_eval_step(model, mesh, param_shardings, num_domains).lower(state.params, batch)
@@ -104,7 +104,7 @@ def _lowered(plan: StagePlan, model_cfg: TransformerConfig, mesh, step: str, num
             return setup.jit_step(*args).lower(state, batch)
         reference_cfg = reference_cfg or plan.method.reference_model or plan.model
         ref_params, ref_shardings = setup.abstract_params(reference_cfg, mesh, rules)
-        fn = setup.jit_step(*args, reference=(Transformer(reference_cfg), ref_shardings))
+        fn = setup.jit_step(*args, reference=(reference_cfg.make(), ref_shardings))
         return fn.lower(state, batch, ref_params)
 
 

@@ -90,7 +90,7 @@ class Generator:
         if cfg.batch_size % dp:
             raise ValueError(f"DecodeConfig.batch_size={cfg.batch_size} is not divisible by the {dp} data-parallel devices")
         # Decoding keeps no activations for a backward pass: no remat.
-        self.model = Transformer(dataclasses.replace(model_cfg, remat_policy="none"), decode=True)
+        self.model = dataclasses.replace(model_cfg, remat_policy="none").make(decode=True)
         self.mesh, self.rules, self.cfg = mesh, list(rules), cfg
         batch = sharding.batch_sharding(mesh)
         generate = lambda p, t, pos, seg: greedy_generate(  # noqa: E731

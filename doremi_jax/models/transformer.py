@@ -72,6 +72,12 @@ class TransformerConfig:
     # document mask travels as a bias). 1.28x on a 1B step on an H200 (BENCHMARKS.md).
     attention_implementation: str = "xla"
 
+    def make(self, decode: bool = False) -> "nn.Module":
+        """The Flax module this config describes. Everything that builds a model (the
+        loop, set-up, evaluation, decoding, bench, aot) calls this, so another module
+        plugs in by gin through a config class of its own with a `make`."""
+        return Transformer(self, decode=decode)
+
     def __post_init__(self):
         if self.attention_implementation not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(

@@ -22,7 +22,7 @@ import numpy as np
 from doremi_jax import checkpoints, fileio, metrics as metrics_lib, sharding
 from doremi_jax.data import inputs, sampler as sampler_lib, stats
 from doremi_jax.eval import downstream as downstream_lib, perplexity
-from doremi_jax.models import Transformer, TransformerConfig, param_count
+from doremi_jax.models import TransformerConfig, param_count
 from doremi_jax.train import memory, setup
 from doremi_jax.train.methods import FIXED_MIXTURE, MixtureMethod
 from doremi_jax.train.methods.base import MethodError
@@ -280,7 +280,7 @@ def train(
         reference_params, ref_shardings = load_reference(
             method, reference_cfg, domains, vocab.fingerprint, device_mesh, mesh.rules
         )
-        reference = (Transformer(reference_cfg), reference_params, ref_shardings)
+        reference = (reference_cfg.make(), reference_params, ref_shardings)
     logging.info("model: %s parameters (%.1fM), mesh %s", f"{n_params:,}", n_params / 1e6, dict(device_mesh.shape))
 
     estimate = memory.memory_estimate(
@@ -301,7 +301,7 @@ def train(
     if config_text is not None and primary and not fileio.exists(os.path.join(workdir, "config.gin")):
         fileio.write_text_atomic(os.path.join(workdir, "config.gin"), config_text)
 
-    transformer = Transformer(model)
+    transformer = model.make()
     tx = make_optimizer(optimizer, config.train_steps)
     seed_words = sampler_lib.stream_seed(config.seed, config.stream)
     rng = jax.random.PRNGKey(config.seed)

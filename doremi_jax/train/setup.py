@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from doremi_jax import sharding
-from doremi_jax.models import Transformer, TransformerConfig
+from doremi_jax.models import TransformerConfig
 from doremi_jax.train.state import TrainState
 
 
@@ -22,7 +22,7 @@ _KEY_SHAPE = jax.ShapeDtypeStruct((2,), jnp.uint32)
 def abstract_params(model_cfg: TransformerConfig, mesh, rules):
     """Shapes and shardings of a model's parameters, without allocating them."""
     dummy = np.zeros((1, min(8, model_cfg.max_length)), np.int32)  # numpy: no device array
-    init = lambda r: Transformer(model_cfg).init(r, dummy)["params"]  # noqa: E731
+    init = lambda r: model_cfg.make().init(r, dummy)["params"]  # noqa: E731
     with sharding.activate(mesh, rules):
         boxed = jax.eval_shape(init, _KEY_SHAPE)
         shardings = sharding.logical_shardings(nn.get_partition_spec(boxed), mesh, rules)
@@ -37,7 +37,7 @@ def abstract_params(model_cfg: TransformerConfig, mesh, rules):
 def _init_fn(model_cfg, tx, method):
     """rng, initial weights -> a fresh TrainState (traced under jit or eval_shape, never
     eagerly); the mixture `method` gives its own state."""
-    model = Transformer(model_cfg)
+    model = model_cfg.make()
     dummy = np.zeros((1, min(8, model_cfg.max_length)), np.int32)  # numpy: no device array
 
     def init_fn(rng, alpha):
