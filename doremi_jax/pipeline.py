@@ -31,7 +31,7 @@ import numpy as np
 
 from doremi_jax import cli, config, fileio, report, sharding
 from doremi_jax.data import weights as weights_lib
-from doremi_jax.train import loop, methods
+from doremi_jax.train import methods, workdir as workdir_lib
 
 
 STAGE_SCOPES = ("reference", "proxy", "main")
@@ -227,7 +227,7 @@ def run_pipeline(
         + ([main_stage("main_odm", baseline_weights, "", method=ODM)] if odm else []),
         command_line,
     )
-    loop.check_writable(workdir)
+    workdir_lib.check_writable(workdir)
     if config_text is not None:
         config.write_file(os.path.join(workdir, "pipeline.gin"), config_text)
 

@@ -3,7 +3,9 @@ differ only by gin (`train.method`: `train/methods`).
 
 Sections, top to bottom: configs; set-up (corpus, mesh, model, sharded state); the
 compiled step; the loop (batches in, step, metrics and checkpoints out); the run's
-outputs. The step functions are pure (`steps.py`); the loop owns all I/O.
+outputs. The step functions are pure (`steps.py`), the mixture method says what differs
+between runs (`methods/`), set-up builds the sharded state (`setup.py`), and the
+workdir's identity, reference and evaluation files are `workdir.py`'s.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from doremi_jax import checkpoints, fileio, metrics as metrics_lib, sharding
 from doremi_jax.data import inputs, sampler as sampler_lib, stats
 from doremi_jax.eval import downstream as downstream_lib, perplexity
 from doremi_jax.models import TransformerConfig, param_count
-from doremi_jax.train import memory, setup
+from doremi_jax.train import memory, setup, workdir as workdir_lib
 from doremi_jax.train.methods import FIXED_MIXTURE, MixtureMethod
 from doremi_jax.train.methods.base import MethodError
 from doremi_jax.train.state import OptimizerConfig, make_optimizer
+from doremi_jax.train.workdir import TrainingError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,10 +61,6 @@ class TrainConfig:
     cap_epochs: bool = False  # renormalize the sampling weights under max_epochs instead
 
 
-class TrainingError(RuntimeError):
-    pass
-
-
 class _Preemption:
     """SIGTERM sets a flag; the loop finishes its step, checkpoints and returns."""
 
@@ -85,39 +84,6 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-RUN_OUTPUTS = (
-    "checkpoints", "tensorboard", "metrics.jsonl", "domain_weights.json", "main_mixture.gin", "eval_results.json",
-    "downstream_results.json", "summary.json",
-)
-
-
-# What an evaluation of a finished run must agree on; a training run must agree on all.
-EVAL_IDENTITY = ("model", "domains", "vocabulary")
-
-
-def _check_workdir_identity(workdir: str, identity: dict, overwrite: bool, eval_only: bool = False) -> None:
-    """Refuse a workdir holding another run (a different corpus, vocabulary, batch,
-    sequence length, seed, learning rate or mixture); with overwrite, start afresh."""
-    path = os.path.join(workdir, "run.json")
-    if fileio.exists(path):
-        previous = json.loads(fileio.read_text(path))
-        keys = EVAL_IDENTITY if eval_only else set(previous) | set(identity)
-        changed = sorted(k for k in keys if previous.get(k) != identity.get(k))
-        if overwrite and changed:
-            logging.warning("overwrite=True: removing the previous run in %s", workdir)
-            if jax.process_index() == 0:
-                for name in RUN_OUTPUTS:
-                    fileio.remove(os.path.join(workdir, name))
-            sync_hosts("overwrite")
-        elif changed:
-            raise TrainingError(
-                f"workdir {workdir!r} holds another run (differs in {changed}); "
-                "use a new workdir or pass overwrite=True (--gin.train.overwrite=True)"
-            )
-    if jax.process_index() == 0 and not eval_only:
-        fileio.write_text_atomic(path, json.dumps(identity, indent=2, sort_keys=True))
-
-
 def check_shapes(config: TrainConfig, model: TransformerConfig, dp: int, devices: str = "devices") -> None:
     """The run's rows and length against the model and the data-parallel `devices`
     (the trainer's check, and the ahead-of-time compile's for a TPU slice)."""
@@ -134,50 +100,6 @@ def check_shapes(config: TrainConfig, model: TransformerConfig, dp: int, devices
         raise TrainingError(
             f"TrainConfig.eval_batch_size={config.eval_batch_size} is not divisible by the {dp} data-parallel {devices}"
         )
-
-
-def sync_hosts(name: str) -> None:
-    """A barrier across processes (no-op on one host)."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
-
-
-def check_writable(workdir: str) -> None:
-    try:
-        fileio.makedirs(workdir)
-        probe = os.path.join(workdir, f".write-probe-{os.getpid()}")
-        fileio.write_text_atomic(probe, "")
-        fileio.remove(probe)
-    except OSError as e:
-        raise TrainingError(f"workdir {workdir!r} is not writable: {e.strerror or e}") from None
-
-
-def load_reference(method, reference_cfg, domains, vocabulary, mesh, rules):
-    """The reference model's params (sharded by the rules) and their shardings, after
-    checking that it was trained on the same domains and vocabulary (by fingerprint:
-    two SentencePiece models of one size are still two vocabularies)."""
-    reference_workdir = method.reference_workdir
-    if not reference_workdir:
-        name = type(method).__name__
-        raise TrainingError(f"{name} scores against a reference model: set {name}.reference_workdir "
-                            "(the reference run's workdir)")
-    ref_identity = os.path.join(reference_workdir, "run.json")
-    if fileio.exists(ref_identity):
-        ref_run = json.loads(fileio.read_text(ref_identity))
-        if ref_run.get("domains") != list(domains) or ref_run.get("vocabulary") != vocabulary:
-            raise TrainingError(
-                f"reference run {reference_workdir!r} was trained on domains "
-                f"{ref_run.get('domains')} with vocabulary {ref_run.get('vocabulary')}; "
-                f"this run has {list(domains)} with {vocabulary}"
-            )
-    ref_abstract, ref_shardings = setup.abstract_params(reference_cfg, mesh, rules)
-    try:
-        params = checkpoints.restore_params(os.path.join(reference_workdir, "checkpoints"), ref_abstract)
-    except checkpoints.CheckpointError as e:
-        raise TrainingError(f"reference model: {e}") from None
-    return params, ref_shardings
 
 
 def train(
@@ -217,7 +139,7 @@ def train(
     downstream_lib.check_tasks(downstream.tasks)
     primary = jax.process_index() == 0
     if not eval_only:
-        check_writable(workdir)
+        workdir_lib.check_writable(workdir)
 
     # --- Set-up: corpus, mesh, checks that fail before anything is compiled.
     vocab = inputs.vocabulary(data)  # loaded once: a SentencePiece model is a file read
@@ -277,7 +199,7 @@ def train(
     if with_reference and not eval_only:
         # Read (and check) the reference before this run writes anything.
         reference_cfg = method.reference_model or model
-        reference_params, ref_shardings = load_reference(
+        reference_params, ref_shardings = workdir_lib.load_reference(
             method, reference_cfg, domains, vocab.fingerprint, device_mesh, mesh.rules
         )
         reference = (reference_cfg.make(), reference_params, ref_shardings)
@@ -297,7 +219,7 @@ def train(
             f"{config.device_memory_gib}: shard more (gin/sharding/fsdp.gin), use remat, or a smaller batch"
         )
     # Nothing was written before this point: a refused start leaves the workdir as it was.
-    _check_workdir_identity(workdir, identity, overwrite and not eval_only, eval_only)
+    workdir_lib.check_identity(workdir, identity, overwrite and not eval_only, eval_only)
     if config_text is not None and primary and not fileio.exists(os.path.join(workdir, "config.gin")):
         fileio.write_text_atomic(os.path.join(workdir, "config.gin"), config_text)
 
@@ -337,7 +259,7 @@ def train(
         if downstream_eval:
             summary["downstream"] = downstream_eval(state.params)
         if primary:
-            _write_eval(workdir, result, summary.get("downstream"))
+            workdir_lib.write_eval(workdir, result, summary.get("downstream"))
         return summary
 
     # --- The compiled step.
@@ -425,7 +347,7 @@ def train(
                 summary["downstream"] = downstream_eval(state.params)
                 writer.write(step, downstream_lib.scalars(summary["downstream"]))
             if primary:
-                _write_eval(workdir, result, summary.get("downstream"))
+                workdir_lib.write_eval(workdir, result, summary.get("downstream"))
         writer.close()
     summary["domains"] = list(domains)
     summary["sampling_weights"] = dict(zip(domains, np.asarray(fixed_sampling, float).tolist()))
@@ -448,9 +370,3 @@ def _record(writer, step, step_metrics, summary, max_nonfinite, ckpt):
             f"{int(host['nonfinite_steps'])} non-finite steps in a row at step {step}; "
             f"params and weights were kept from before them (last checkpoint: step {ckpt.latest_step()})"
         )
-
-
-def _write_eval(workdir: str, result, downstream=None) -> None:
-    fileio.write_text_atomic(os.path.join(workdir, "eval_results.json"), json.dumps(result.to_json(), indent=2))
-    if downstream is not None:
-        fileio.write_text_atomic(os.path.join(workdir, "downstream_results.json"), json.dumps(downstream, indent=2))

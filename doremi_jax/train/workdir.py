@@ -1,0 +1,100 @@
+"""A run's workdir: its identity (run.json) checked before anything is written, the
+writable check, the reference run it reads, and the evaluation files it writes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import jax
+
+from doremi_jax import checkpoints, fileio
+from doremi_jax.train import setup
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+RUN_OUTPUTS = (
+    "checkpoints", "tensorboard", "metrics.jsonl", "domain_weights.json", "main_mixture.gin", "eval_results.json",
+    "downstream_results.json", "summary.json",
+)
+
+
+# What an evaluation of a finished run must agree on; a training run must agree on all.
+EVAL_IDENTITY = ("model", "domains", "vocabulary")
+
+
+def check_identity(workdir: str, identity: dict, overwrite: bool, eval_only: bool = False) -> None:
+    """Refuse a workdir holding another run (a different corpus, vocabulary, batch,
+    sequence length, seed, learning rate or mixture); with overwrite, start afresh."""
+    path = os.path.join(workdir, "run.json")
+    if fileio.exists(path):
+        previous = json.loads(fileio.read_text(path))
+        keys = EVAL_IDENTITY if eval_only else set(previous) | set(identity)
+        changed = sorted(k for k in keys if previous.get(k) != identity.get(k))
+        if overwrite and changed:
+            logging.warning("overwrite=True: removing the previous run in %s", workdir)
+            if jax.process_index() == 0:
+                for name in RUN_OUTPUTS:
+                    fileio.remove(os.path.join(workdir, name))
+            sync_hosts("overwrite")
+        elif changed:
+            raise TrainingError(
+                f"workdir {workdir!r} holds another run (differs in {changed}); "
+                "use a new workdir or pass overwrite=True (--gin.train.overwrite=True)"
+            )
+    if jax.process_index() == 0 and not eval_only:
+        fileio.write_text_atomic(path, json.dumps(identity, indent=2, sort_keys=True))
+
+
+def sync_hosts(name: str) -> None:
+    """A barrier across processes (no-op on one host)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def check_writable(workdir: str) -> None:
+    try:
+        fileio.makedirs(workdir)
+        probe = os.path.join(workdir, f".write-probe-{os.getpid()}")
+        fileio.write_text_atomic(probe, "")
+        fileio.remove(probe)
+    except OSError as e:
+        raise TrainingError(f"workdir {workdir!r} is not writable: {e.strerror or e}") from None
+
+
+def load_reference(method, reference_cfg, domains, vocabulary, mesh, rules):
+    """The reference model's params (sharded by the rules) and their shardings, after
+    checking that it was trained on the same domains and vocabulary (by fingerprint:
+    two SentencePiece models of one size are still two vocabularies)."""
+    reference_workdir = method.reference_workdir
+    if not reference_workdir:
+        name = type(method).__name__
+        raise TrainingError(f"{name} scores against a reference model: set {name}.reference_workdir "
+                            "(the reference run's workdir)")
+    ref_identity = os.path.join(reference_workdir, "run.json")
+    if fileio.exists(ref_identity):
+        ref_run = json.loads(fileio.read_text(ref_identity))
+        if ref_run.get("domains") != list(domains) or ref_run.get("vocabulary") != vocabulary:
+            raise TrainingError(
+                f"reference run {reference_workdir!r} was trained on domains "
+                f"{ref_run.get('domains')} with vocabulary {ref_run.get('vocabulary')}; "
+                f"this run has {list(domains)} with {vocabulary}"
+            )
+    ref_abstract, ref_shardings = setup.abstract_params(reference_cfg, mesh, rules)
+    try:
+        params = checkpoints.restore_params(os.path.join(reference_workdir, "checkpoints"), ref_abstract)
+    except checkpoints.CheckpointError as e:
+        raise TrainingError(f"reference model: {e}") from None
+    return params, ref_shardings
+
+
+def write_eval(workdir: str, result, downstream=None) -> None:
+    fileio.write_text_atomic(os.path.join(workdir, "eval_results.json"), json.dumps(result.to_json(), indent=2))
+    if downstream is not None:
+        fileio.write_text_atomic(os.path.join(workdir, "downstream_results.json"), json.dumps(downstream, indent=2))
