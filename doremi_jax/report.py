@@ -86,7 +86,7 @@ def compare(doremi_dir: str, baseline_dir: str, doremi_summary: Mapping, baselin
             method: str = "doremi") -> dict[str, Any]:
     """A main model trained by `method` against the baseline main model."""
     d, b = doremi_summary["eval"], baseline_summary["eval"]
-    domains = list(d["log_perplexity"])
+    domains = [x for x in d["log_perplexity"] if x in b["log_perplexity"]]  # scored in both
     improved = [x for x in domains if d["log_perplexity"][x] < b["log_perplexity"][x]]
     result = {
         "method": method,
@@ -209,6 +209,9 @@ def eval_table(evaluation: Mapping[str, Any]) -> str:
         f"{d['worst']['log_perplexity'] - b['worst']['log_perplexity']:+.4f} |"
     )
     lines.append("")
+    unscored = sorted(set(d.get("unscored", [])) | set(b.get("unscored", [])))
+    if unscored:
+        lines.append(f"No held-out tokens, left out of the average and the worst case: {', '.join(unscored)}.")
     lines.append(f"Domains improved: {evaluation['domains_improved']} of {len(evaluation['domains'])}.")
     if evaluation.get("speedup"):
         lines.append(

@@ -107,3 +107,19 @@ def test_downstream_average_over_tasks_and_its_speedup(tmp_path):
     table = report.downstream_table(downstream, average)
     assert "| **average over 2 tasks** | 0.400 | 0.500 | +0.100 | |" in table and "1.50x fewer steps" in table
     assert report.downstream_average(str(dirs["doremi"]), str(dirs["baseline"]), {"cloze": downstream["cloze"]}) is None
+
+
+def test_domains_without_held_out_tokens_are_left_out_of_the_averages():
+    from doremi_jax.eval.perplexity import PerplexityResult
+
+    def result(nats):
+        return PerplexityResult(["a", "b", "c"], np.asarray(nats), np.asarray(nats) / 2, np.asarray([100, 0, 50]))
+
+    r = result([2.0, 0.0, 4.0])
+    assert r.average == pytest.approx(3.0) and r.worst == ("c", 4.0)
+    j = r.to_json()
+    assert j["unscored"] == ["b"] and set(j["log_perplexity"]) == {"a", "c"} and j["tokens"]["b"] == 0
+    assert "log_perplexity/b" not in r.scalars()
+    evaluation = report.compare("/nonexistent/d", "/nonexistent/b", {"eval": j}, {"eval": result([2.5, 0.0, 3.0]).to_json()})
+    assert evaluation["domains"] == ["a", "c"] and evaluation["improved"] == ["a"]
+    assert "No held-out tokens, left out of the average and the worst case: b." in report.eval_table(evaluation)

@@ -22,30 +22,47 @@ class PerplexityResult:
     tokens: np.ndarray  # int64[k]
 
     @property
+    def scored(self) -> list[int]:
+        """Indices of the domains with held-out tokens: the averages run over these (a
+        domain with none has no log-perplexity, and a 0 would flatter the average)."""
+        return [i for i, n in enumerate(self.tokens) if n > 0]
+
+    @property
+    def unscored(self) -> list[str]:
+        return [d for i, d in enumerate(self.domains) if self.tokens[i] == 0]
+
+    @property
     def average(self) -> float:
-        """Unweighted mean over domains (the paper's "average log-perplexity")."""
-        return float(np.mean(self.nats_per_token))
+        """Unweighted mean over the scored domains (the paper's "average log-perplexity")."""
+        return float(np.mean(self.nats_per_token[self.scored])) if self.scored else float("nan")
 
     @property
     def worst(self) -> tuple[str, float]:
-        i = int(np.argmax(self.nats_per_token))
+        if not self.scored:
+            return "", float("nan")
+        i = max(self.scored, key=lambda j: self.nats_per_token[j])
         return self.domains[i], float(self.nats_per_token[i])
 
     def scalars(self) -> dict[str, float]:
-        out = {f"log_perplexity/{d}": float(v) for d, v in zip(self.domains, self.nats_per_token)}
-        out.update({f"bits_per_byte/{d}": float(v) for d, v in zip(self.domains, self.bits_per_byte)})
+        out = {f"log_perplexity/{self.domains[i]}": float(self.nats_per_token[i]) for i in self.scored}
+        out.update({f"bits_per_byte/{self.domains[i]}": float(self.bits_per_byte[i]) for i in self.scored})
         out["log_perplexity/average"] = self.average
         out["log_perplexity/worst"] = self.worst[1]
         return out
 
     def to_json(self) -> dict:
-        return {
-            "log_perplexity": dict(zip(self.domains, self.nats_per_token.tolist())),
-            "bits_per_byte": dict(zip(self.domains, self.bits_per_byte.tolist())),
+        """Per-domain figures of the scored domains; `unscored` names the others."""
+        scored = [self.domains[i] for i in self.scored]
+        out = {
+            "log_perplexity": {d: float(self.nats_per_token[self.domains.index(d)]) for d in scored},
+            "bits_per_byte": {d: float(self.bits_per_byte[self.domains.index(d)]) for d in scored},
             "tokens": dict(zip(self.domains, self.tokens.tolist())),
             "average": self.average,
             "worst": {"domain": self.worst[0], "log_perplexity": self.worst[1]},
         }
+        if self.unscored:
+            out["unscored"] = self.unscored
+        return out
 
 
 _IN_FLIGHT = 8

@@ -343,6 +343,9 @@ def train(
             result = evaluator(state.params)
             writer.write(step, {f"eval/{n}": v for n, v in result.scalars().items()})
             summary["eval"] = result.to_json()
+            if result.unscored and primary:
+                print(f"warning: no held-out tokens in {', '.join(result.unscored)}: "
+                      "left out of the average and the worst case", flush=True)
             if downstream_eval:
                 summary["downstream"] = downstream_eval(state.params)
                 writer.write(step, downstream_lib.scalars(summary["downstream"]))
