@@ -24,6 +24,8 @@ DATA = [
 ]
 # jax[tpu] pins the libtpu built for the installed jax (jax 0.10.2: libtpu 0.0.42.*).
 TPU = ["jax[tpu]>=0.7,<0.11"]
+# RegMix's regression (the paper's LightGBM) and its held-out rank correlation.
+MIXTURE_SEARCH = ["lightgbm>=4.3,<4.7", "scipy>=1.11,<1.18"]
 SUMMARIES = [
     "clu>=0.0.12,<0.1",
     "tensorboard>=2.18,<2.22",
@@ -36,7 +38,7 @@ setuptools.setup(
     description="DoReMi: optimizing data mixtures for LM pretraining, in JAX/Flax.",
     packages=setuptools.find_packages(include=["doremi_jax", "doremi_jax.*"]),
     python_requires=">=3.10",
-    install_requires=CORE + DATA + SUMMARIES,
+    install_requires=CORE + DATA + SUMMARIES + MIXTURE_SEARCH,
     extras_require={
         # The accelerator image has only the JAX side: `pip install --no-deps -e .`
         # there, plus gin-config; bench runs on that alone. (ml_collections is not a

@@ -29,13 +29,30 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from doremi_jax import cli, config, fileio, report, sharding
+from doremi_jax import cli, comparison, config, fileio, regmix as regmix_lib, report, sharding
 from doremi_jax.data import weights as weights_lib
-from doremi_jax.train import methods, workdir as workdir_lib
+from doremi_jax.models import model_flops_per_step
+from doremi_jax.train import methods as methods_lib, workdir as workdir_lib
 
 
-STAGE_SCOPES = ("reference", "proxy", "main")
-ODM = methods.OnlineDataMixing.__name__  # gin's name for the method
+STAGE_SCOPES = ("reference", "proxy", "main", "regmix")
+ODM = methods_lib.OnlineDataMixing.__name__  # gin's name for the method
+EXTRA_METHODS = ("uniform", "odm", "regmix")  # run_pipeline.methods
+
+
+@dataclasses.dataclass(frozen=True)
+class RegMixConfig:
+    """RegMix's small runs and search (Liu et al., 2024; `regmix.py`). The small runs
+    are stages of kind `regmix` (`--gin.regmix/NAME=VALUE` reaches only them)."""
+
+    runs: int = 16
+    gin_files: tuple[str, ...] = ("gin/runs/regmix.gin",)
+    bindings: tuple[str, ...] = ()
+    target_domains: tuple[str, ...] = ()  # () : the mean validation loss over all domains
+    regressor: str = "auto"  # auto | lightgbm | linear
+    seed: int = 0
+    candidates: int = 100_000
+    top: int = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +163,8 @@ class StageFactory:
     proxy_bindings: tuple[str, ...] = ()
     main_bindings: tuple[str, ...] = ()
     command_line: CommandLine = CommandLine()
+    regmix_gin: tuple[str, ...] = ("gin/runs/regmix.gin",)
+    regmix_bindings: tuple[str, ...] = ()
 
     def reference(self, k: int, weights: str, upstream: str) -> Stage:
         return Stage(self.workdir, f"round_{k}/reference", "reference", self.reference_gin,
@@ -164,6 +183,12 @@ class StageFactory:
         chosen = [f"train.method = @{method}()"] if method else []
         return Stage(self.workdir, name, "main", self.main_gin,
                      [*self.common_bindings, *self.main_bindings, f"MIXTURE_WEIGHTS = '{weights}'", *chosen, *seeded],
+                     self.command_line, upstream)
+
+    def regmix_run(self, i: int, weights: str, upstream: str) -> Stage:
+        """RegMix's i-th small run, on the mixture in `weights`."""
+        return Stage(self.workdir, f"regmix/run_{i:03d}", "regmix", self.regmix_gin,
+                     [*self.common_bindings, *self.regmix_bindings, f"MIXTURE_WEIGHTS = '{weights}'"],
                      self.command_line, upstream)
 
 
@@ -199,7 +224,8 @@ def run_pipeline(
     max_rounds: int = 1,
     tolerance: float = 1e-3,
     main_seeds: Sequence[int] = (),
-    odm: bool = False,
+    methods: Sequence[str] = (),
+    regmix: RegMixConfig = RegMixConfig(),
     command_line: CommandLine = CommandLine(),
     config_text: str | None = None,
 ) -> dict[str, Any]:
@@ -208,15 +234,21 @@ def run_pipeline(
     link the stages (REFERENCE_WEIGHTS, REFERENCE_DIR, MIXTURE_WEIGHTS), and
     `command_line` (the entry's `--gin_file`s and `--gin.` flags) comes after them.
     `config_text` (the pipeline's parsed gin) is written to workdir/pipeline.gin once
-    every stage's gin has parsed. `main_seeds`: with two or more, both main models are
-    trained once per seed (folders main_doremi_seed<s>, main_baseline_seed<s>) and the
-    comparison gives the mean and spread over seeds; empty (default), one pair with the
-    runs' own SEED. `odm`: also train a main model per seed with Online Data Mixing
-    (folders main_odm[_seed<s>], its rates starting from `baseline_weights`), compared
-    with the same baseline in eval.json ("odm") and report.md."""
+    every stage's gin has parsed. `main_seeds`: with two or more, every main model is
+    trained once per seed (folders main_doremi_seed<s>, main_baseline_seed<s>, ...) and
+    the comparison gives the mean and spread over seeds; empty (default), one of each
+    with the runs' own SEED. `methods`: more main models beside DoReMi's and the
+    baseline's, on the same steps, batch and seeds, each compared with the baseline and
+    all of them side by side (eval.json "comparison", report.md): `uniform` (fixed
+    uniform rates), `odm` (Online Data Mixing from `baseline_weights`), `regmix` (the
+    mixture RegMix finds with `regmix`'s small runs, stages regmix/run_<i>)."""
+    unknown = sorted(set(methods) - set(EXTRA_METHODS))
+    if unknown:
+        raise config.ConfigError(f"run_pipeline.methods: unknown {unknown}; expected some of {list(EXTRA_METHODS)}")
     stages = StageFactory(
         workdir, tuple(reference_gin), tuple(proxy_gin), tuple(main_gin), tuple(common_bindings),
         tuple(reference_bindings), tuple(proxy_bindings), tuple(main_bindings), command_line,
+        tuple(regmix.gin_files), tuple(regmix.bindings),
     )
     reference_stage, proxy_stage, main_stage = stages.reference, stages.proxy, stages.main
 
@@ -224,7 +256,8 @@ def run_pipeline(
     _check_command_line(
         [reference_stage(1, initial_reference_weights, ""), proxy_stage(1, workdir, ""),
          main_stage("main_doremi", baseline_weights, "")]
-        + ([main_stage("main_odm", baseline_weights, "", method=ODM)] if odm else []),
+        + ([main_stage("main_odm", baseline_weights, "", method=ODM)] if "odm" in methods else [])
+        + ([stages.regmix_run(0, "uniform", "")] if "regmix" in methods else []),
         command_line,
     )
     workdir_lib.check_writable(workdir)
@@ -233,11 +266,14 @@ def run_pipeline(
 
     rounds, reference_weights, upstream = [], initial_reference_weights, "start"
     domains: list[str] = []
+    search_flops = {"doremi": 0.0}  # what each method spent choosing its mixture
     for k in range(1, max_rounds + 1):
         ref = reference_stage(k, reference_weights, upstream)
         ref_summary, upstream = ref.run()
+        search_flops["doremi"] += _run_flops(ref, ref_summary)
         proxy = proxy_stage(k, ref.workdir, upstream)
         proxy_summary, upstream = proxy.run()
+        search_flops["doremi"] += _run_flops(proxy, proxy_summary)
         domains = proxy_summary["domains"]
         alpha_ref = _weights_of(ref.workdir, domains)
         average = np.asarray([proxy_summary["average_domain_weights"][d] for d in domains])
@@ -262,24 +298,36 @@ def run_pipeline(
     weights_lib.write_weights(final, domains, [rounds[-1]["average_domain_weights"][d] for d in domains])
     _write_json(os.path.join(workdir, "rounds.json"), rounds)
 
+    # The other methods' mixtures: name -> (weights for MIXTURE_WEIGHTS, upstream, method).
+    mixtures = {"uniform": ("uniform", "uniform", ""), "odm": (baseline_weights, "odm", ODM)}
+    regmix_record = None
+    if "regmix" in methods:
+        regmix_record = run_regmix(stages, regmix, workdir, ref_summary["natural_weights"], domains)
+        search_flops["regmix"] = regmix_record["flops"]
+        mixtures["regmix"] = (regmix_record["weights_file"], _file_hash(regmix_record["weights_file"]), "")
+
     seeds = [int(x) for x in main_seeds] if len(main_seeds) > 1 else [None]
-    per_seed, odm_pairs = [], []
+    per_seed, extra = [], {m: [] for m in methods}
+    main_flops = 0.0
     for seed in seeds:
         suffix = "" if seed is None else f"_seed{seed}"
         doremi_stage = main_stage(f"main_doremi{suffix}", final, _file_hash(final), seed)
         doremi_summary, _ = doremi_stage.run()
+        main_flops = _run_flops(doremi_stage, doremi_summary)
         baseline_stage = main_stage(f"main_baseline{suffix}", baseline_weights, "baseline", seed)
         baseline_summary, _ = baseline_stage.run()
         pair = report.compare(doremi_stage.workdir, baseline_stage.workdir, doremi_summary, baseline_summary)
         pair["seed"] = seed
-        if odm:
-            odm_stage = main_stage(f"main_odm{suffix}", baseline_weights, "odm", seed, method=ODM)
-            odm_summary, _ = odm_stage.run()
-            odm_pairs.append(dict(
-                report.compare(odm_stage.workdir, baseline_stage.workdir, odm_summary, baseline_summary, "odm"),
-                seed=seed, workdir=odm_stage.workdir, weights=odm_summary["average_domain_weights"],
-            ))
         per_seed.append((pair, doremi_stage.workdir, baseline_stage.workdir))
+        for m in methods:
+            weights, upstream, method = mixtures[m]
+            stage = main_stage(f"main_{m}{suffix}", weights, upstream, seed, method=method)
+            summary, _ = stage.run()
+            extra[m].append(dict(
+                report.compare(stage.workdir, baseline_stage.workdir, summary, baseline_summary, m),
+                seed=seed, workdir=stage.workdir,
+                weights=summary.get("average_domain_weights") or summary["sampling_weights"],
+            ))
 
     first, doremi_dir, baseline_dir = per_seed[0]
     evaluation = dict(first)  # the first seed's comparison, plus what follows
@@ -289,23 +337,88 @@ def run_pipeline(
     if len(per_seed) > 1:
         evaluation["per_seed"] = [pair for pair, _, _ in per_seed]
         evaluation["across_seeds"] = report.across_seeds(evaluation["per_seed"])
-    if odm_pairs:
-        evaluation["odm"] = odm_pairs[0]
-        if len(odm_pairs) > 1:
-            evaluation["odm"]["across_seeds"] = report.across_seeds(odm_pairs)
+    for m, pairs in extra.items():
+        evaluation[m] = pairs[0]
+        if len(pairs) > 1:
+            evaluation[m]["across_seeds"] = report.across_seeds(pairs)
+    if regmix_record:
+        evaluation["regmix_search"] = {k: v for k, v in regmix_record.items() if k != "weights_file"}
+    if methods:
+        evaluation["comparison"] = comparison.build(
+            evaluation, [pair for pair, _, _ in per_seed], extra, search_flops, main_flops,
+        )
     _write_json(os.path.join(workdir, "eval.json"), evaluation)
     if jax.process_index() == 0:
         report.write_report(workdir, rounds, evaluation, doremi_dir, baseline_dir)
         print(report.weights_table(domains, baseline, rounds[-1]["average_domain_weights"]))
         print(report.eval_table(evaluation))
-        if evaluation.get("odm"):
-            print(report.eval_table(evaluation["odm"]))
         if evaluation.get("across_seeds"):
             print(report.seeds_table(evaluation["across_seeds"]))
+        for m in methods:
+            print(report.eval_table(evaluation[m]))
+        if evaluation.get("comparison"):
+            print(comparison.table(evaluation["comparison"]))
         if evaluation.get("downstream"):
             print(report.downstream_table(evaluation["downstream"], evaluation.get("downstream_average")))
         print(f"report: {os.path.join(workdir, 'report.md')}", flush=True)
     return evaluation
+
+
+def run_regmix(stages: "StageFactory", cfg: RegMixConfig, workdir: str, natural_weights: dict[str, float],
+               domains: Sequence[str]) -> dict[str, Any]:
+    """RegMix's small runs (stages regmix/run_<i>, each skipped when done), the fit and
+    the search; writes regmix/runs.json and regmix/domain_weights.json and returns the
+    record (per run mixture and target loss, the fit's held-out rank correlations, the
+    chosen regressor, the mixture, the FLOPs spent)."""
+    folder = os.path.join(workdir, "regmix")
+    natural = np.asarray([natural_weights[d] for d in domains])
+    mixtures = regmix_lib.sample_mixtures(natural, cfg.runs, cfg.seed)
+    target = list(cfg.target_domains) or list(domains)
+    missing = sorted(set(target) - set(domains))
+    if missing:
+        raise config.ConfigError(f"RegMixConfig.target_domains: {missing} not among the corpus's domains {list(domains)}")
+    runs, flops = [], 0.0
+    for i, mixture in enumerate(mixtures):
+        path = os.path.join(folder, "mixtures", f"run_{i:03d}.json")
+        weights_lib.write_weights(path, domains, mixture)
+        stage = stages.regmix_run(i, path, _file_hash(path))
+        summary, _ = stage.run()
+        flops += _run_flops(stage, summary)
+        lp = summary["eval"]["log_perplexity"]
+        runs.append({"run": i, "mixture": dict(zip(domains, mixture.tolist())),
+                     "target_loss": float(np.mean([lp[d] for d in target]))})
+    losses = np.asarray([r["target_loss"] for r in runs])
+    fit = regmix_lib.fit(mixtures, losses, cfg.regressor)
+    mixture = regmix_lib.search(fit, natural, cfg.seed + 1, cfg.candidates, cfg.top)
+    weights_file = os.path.join(folder, "domain_weights.json")
+    weights_lib.write_weights(weights_file, domains, mixture)
+    corners = fit.predict(np.eye(len(domains)))
+    record = {
+        "target_domains": target,
+        "regressor": fit.regressor,
+        "held_out_spearman": fit.held_out_spearman,
+        "weights": dict(zip(domains, mixture.tolist())),
+        "predicted_target_loss": float(fit.predict(mixture[None])[0]),
+        "predicted_corner_loss": dict(zip(domains, corners.tolist())),
+        "runs": runs,
+        "flops": flops,
+        "weights_file": weights_file,
+    }
+    _write_json(os.path.join(folder, "runs.json"), {k: v for k, v in record.items() if k != "weights_file"})
+    print(f"RegMix: {len(runs)} runs, {fit.regressor} fit, held-out rank correlation "
+          + ", ".join(f"{r} {v:.2f}" for r, v in fit.held_out_spearman.items())
+          + "; mixture " + ", ".join(f"{d} {w:.3f}" for d, w in zip(domains, mixture)), flush=True)
+    return record
+
+
+def _run_flops(stage: "Stage", summary: dict) -> float:
+    """Training FLOPs a finished stage spent (the model count per step x its steps)."""
+    stage.parse(check_macros=False)
+    args = config.call_arguments("train", ("model", "config", "method"))
+    model, cfg = args["model"], args["config"]
+    method = args.get("method", methods_lib.FIXED_MIXTURE)
+    per_step = model_flops_per_step(model, cfg.batch_size, cfg.sequence_length)
+    return per_step["doremi_step" if method.needs_reference else "lm_step"] * int(summary["step"])
 
 
 def _weights_of(stage_workdir: str, domains: Sequence[str]) -> np.ndarray:
@@ -314,12 +427,18 @@ def _weights_of(stage_workdir: str, domains: Sequence[str]) -> np.ndarray:
     return np.asarray([sampled[d] for d in domains])
 
 
+def register():
+    """The pipeline's own configurables (run_pipeline, RegMixConfig) beside the library's."""
+    config.register()
+    config.add_configurable("RegMixConfig", RegMixConfig)
+    return config.add_configurable("run_pipeline", run_pipeline)
+
+
 def main(argv=None) -> None:
     def run(files, bindings, rest):
         workdir = fileio.absolute(cli.require_workdir(rest))
         sharding.initialize_distributed()
-        config.register()
-        pipeline = config.add_configurable("run_pipeline", run_pipeline)
+        pipeline = register()
         command_line = CommandLine(tuple(files), tuple(bindings))
         # The pipeline's own knobs (run_pipeline.*); the stages' macros are checked per stage.
         config.parse(files, [], (), command_line.pipeline_bindings(), check_macros=False)

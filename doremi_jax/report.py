@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from doremi_jax import diagnostics, fileio, metrics
+from doremi_jax import comparison, diagnostics, fileio, metrics
 
 
 def _curve(workdir: str, key: str = "eval/log_perplexity/average") -> tuple[list[int], list[float]]:
@@ -35,7 +35,7 @@ def speedup(doremi_curve, baseline_curve, higher_is_better: bool = False) -> dic
     return {"steps_to_baseline": None, "speedup": None, "baseline_final": target}
 
 
-def compare_downstream(doremi_dir: str, baseline_dir: str, d: Mapping, b: Mapping) -> dict[str, Any]:
+def compare_downstream(doremi_dir: str, baseline_dir: str, d: Mapping, b: Mapping, method: str = "doremi") -> dict[str, Any]:
     """Per task: both accuracies, per-domain ones for cloze, and the speedup read from
     the accuracy-against-steps curves."""
     out = {}
@@ -44,20 +44,21 @@ def compare_downstream(doremi_dir: str, baseline_dir: str, d: Mapping, b: Mappin
             continue
         key = f"downstream/{task}"
         out[task] = {
-            "doremi": d[task]["accuracy"],
+            method: d[task]["accuracy"],
             "baseline": b[task]["accuracy"],
             "examples": d[task]["examples"],
             **speedup(_curve(doremi_dir, key), _curve(baseline_dir, key), higher_is_better=True),
         }
         if "per_domain" in d[task]:
             out[task]["per_domain"] = {
-                dom: {"doremi": acc, "baseline": b[task]["per_domain"].get(dom)}
+                dom: {method: acc, "baseline": b[task]["per_domain"].get(dom)}
                 for dom, acc in d[task]["per_domain"].items()
             }
     return out
 
 
-def downstream_average(doremi_dir: str, baseline_dir: str, downstream: Mapping[str, Any]) -> dict[str, Any] | None:
+def downstream_average(doremi_dir: str, baseline_dir: str, downstream: Mapping[str, Any],
+                       method: str = "doremi") -> dict[str, Any] | None:
     """With two or more tasks: the unweighted mean accuracy over tasks of each model (the
     paper's headline downstream figure), and the speedup read from the mean-over-tasks
     curves (at the steps every task was evaluated)."""
@@ -72,7 +73,7 @@ def downstream_average(doremi_dir: str, baseline_dir: str, downstream: Mapping[s
 
     return {
         "tasks": tasks,
-        "doremi": float(np.mean([downstream[t]["doremi"] for t in tasks])),
+        method: float(np.mean([downstream[t][method] for t in tasks])),
         "baseline": float(np.mean([downstream[t]["baseline"] for t in tasks])),
         **speedup(mean_curve(doremi_dir), mean_curve(baseline_dir), higher_is_better=True),
     }
@@ -99,9 +100,9 @@ def compare(doremi_dir: str, baseline_dir: str, doremi_summary: Mapping, baselin
     }
     if "downstream" in doremi_summary and "downstream" in baseline_summary:
         result["downstream"] = compare_downstream(
-            doremi_dir, baseline_dir, doremi_summary["downstream"], baseline_summary["downstream"]
+            doremi_dir, baseline_dir, doremi_summary["downstream"], baseline_summary["downstream"], method
         )
-        average = downstream_average(doremi_dir, baseline_dir, result["downstream"])
+        average = downstream_average(doremi_dir, baseline_dir, result["downstream"], method)
         if average:
             result["downstream_average"] = average
     return result
@@ -344,6 +345,10 @@ def write_report(workdir: str, rounds: list[dict], evaluation: Mapping[str, Any]
     if evaluation.get("across_seeds"):
         lines[lines.index("## Main models: DoReMi weights vs baseline weights")] += f" (seed {evaluation['seed']})"
         lines += ["## Main models over seeds", "", seeds_table(evaluation["across_seeds"]), ""]
+    if evaluation.get("comparison"):
+        lines += ["## Mixtures compared", "", comparison.table(evaluation["comparison"]), ""]
+    if evaluation.get("regmix_search"):
+        lines += _regmix_section(evaluation["regmix_search"])
     if evaluation.get("odm"):
         lines += _odm_section(workdir, evaluation["odm"], domains, baseline, final)
     downstream = evaluation.get("downstream") or {}
@@ -393,4 +398,24 @@ def _odm_section(workdir: str, odm: Mapping[str, Any], domains: Sequence[str], b
     if odm.get("across_seeds"):
         lines += ["### ODM over seeds", "", seeds_table(odm["across_seeds"]), ""]
     return lines
+
+
+def _regmix_section(search: Mapping[str, Any]) -> list[str]:
+    runs = search["runs"]
+    target = ", ".join(search["target_domains"])
+    fits = ", ".join(f"{r} {v:+.2f}" for r, v in search["held_out_spearman"].items())
+    return [
+        "## RegMix's search",
+        "",
+        f"{len(runs)} small runs on random mixtures; target: the mean validation log-perplexity over {target}. "
+        f"Leave-one-out rank correlation (Spearman) of each regressor's predictions with the held-out runs' "
+        f"losses: {fits}; used: {search['regressor']}. Predicted target loss of the chosen mixture: "
+        f"{search['predicted_target_loss']:.4f} (best small run: {min(r['target_loss'] for r in runs):.4f}).",
+        "",
+        "| run | " + " | ".join(runs[0]["mixture"]) + " | target loss |",
+        "|---:|" + "---:|" * (len(runs[0]["mixture"]) + 1),
+        *[f"| {r['run']} | " + " | ".join(f"{w:.3f}" for w in r["mixture"].values()) + f" | {r['target_loss']:.4f} |"
+          for r in runs],
+        "",
+    ]
 

@@ -69,7 +69,7 @@ def test_pipeline_on_a_folder_corpus_from_the_command_line(tmp_path):
     # One proxy-only override: the proxy and what follows from it retrain, nothing else;
     # and a main model with Online Data Mixing joins the comparison.
     before = {s: os.path.getmtime(os.path.join(workdir, s, "summary.json")) for s in stages}
-    second = run_entry("pipeline", *args, "--gin.proxy/DoReMi.learning_rate=0.25", "--gin.run_pipeline.odm=True")
+    second = run_entry("pipeline", *args, "--gin.proxy/DoReMi.learning_rate=0.25", "--gin.run_pipeline.methods=['odm']")
     assert second.returncode == 0, second.stderr[-3000:]
     after = {s: os.path.getmtime(os.path.join(workdir, s, "summary.json")) for s in stages}
     assert after["round_1/reference"] == before["round_1/reference"]

@@ -19,7 +19,7 @@ LAYERS = [
     {"data"},
     {"eval"},
     {"train"},
-    {"config", "cli", "report", "diagnostics", "pipeline", "bench", "evaluate", "aot", "__init__"},
+    {"config", "cli", "report", "diagnostics", "comparison", "regmix", "pipeline", "bench", "evaluate", "aot", "__init__"},
 ]
 
 

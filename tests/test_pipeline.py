@@ -108,7 +108,7 @@ def test_rerun_skips_and_a_changed_proxy_redoes_what_follows(finished, capsys):
 
 def test_several_main_seeds_give_mean_and_spread(finished):
     workdir, _ = finished
-    evaluation = run(workdir, main_seeds=[0, 1], odm=True)
+    evaluation = run(workdir, main_seeds=[0, 1])
     summary = evaluation["across_seeds"]
     assert summary["seeds"] == [0, 1] and [e["seed"] for e in evaluation["per_seed"]] == [0, 1]
     for seed in (0, 1):
@@ -127,10 +127,3 @@ def test_several_main_seeds_give_mean_and_spread(finished):
     assert "## Main models over seeds" in report and "Mean ± standard deviation over 2 seeds" in report
     assert "DoReMi's average log-perplexity is" in report and "DoReMi's worst-case log-perplexity is" in report
     assert json.load(open(workdir / "eval.json"))["across_seeds"] == json.loads(json.dumps(summary))
-    # Online Data Mixing's main models, one per seed, against the same baselines.
-    odm = evaluation["odm"]["across_seeds"]
-    assert odm["method"] == "odm" and odm["seeds"] == [0, 1]
-    for seed in (0, 1):
-        run_summary = json.load(open(workdir / f"main_odm_seed{seed}" / "summary.json"))
-        assert odm["average"]["odm"]["values"][seed] == pytest.approx(run_summary["eval"]["average"])
-    assert "### ODM over seeds" in report and "ODM's average log-perplexity is" in report

@@ -1,5 +1,6 @@
 """The train entry end to end: files written, resume, gin overrides, bad input."""
 
+import copy
 import json
 import os
 import subprocess
@@ -143,17 +144,17 @@ def test_evaluate_without_a_run(tmp_path, capsys):
     assert not (tmp_path / "none").exists()
 
 
-@pytest.mark.parametrize("experiment", ["demo", "pile_280m_to_8b", "pile_120m"])
+@pytest.mark.parametrize("experiment", ["demo", "pile_280m_to_8b", "pile_120m", "compare_demo", "compare_pile_120m"])
 def test_experiment_files_parse_with_their_stage_files(experiment):
     from doremi_jax import config, pipeline
     from doremi_jax.models import param_count
 
-    config.register()
-    config.add_configurable("run_pipeline", pipeline.run_pipeline)
+    pipeline.register()
     config.parse([f"gin/experiments/{experiment}.gin"], [])
     import gin
 
     stages = {k: gin.query_parameter(f"run_pipeline.{k}_gin") for k in ("reference", "proxy", "main")}
+    regmix = gin.query_parameter("run_pipeline.regmix") if experiment.startswith("compare") else None
     sizes = {}
     for stage, files in stages.items():
         config.parse(files, ["DATA_DIR = 'x'", "SPM_MODEL = 'x'", "REFERENCE_DIR = 'x'", "MODEL_DIR = 'x'"])
@@ -161,6 +162,10 @@ def test_experiment_files_parse_with_their_stage_files(experiment):
     assert sizes["reference"] == sizes["proxy"] <= sizes["main"]
     if experiment == "pile_280m_to_8b":
         assert round(sizes["proxy"] / 1e6, -1) == 280 and round(sizes["main"] / 1e9) == 8
+    if regmix is not None:  # RegMix's small runs: no larger than the proxy
+        regmix = copy.deepcopy(regmix)
+        config.parse(list(regmix.gin_files), [*regmix.bindings, "DATA_DIR = 'x'", "SPM_MODEL = 'x'", "MODEL_DIR = 'x'"])
+        assert param_count(config.configurable("TransformerConfig")()) <= sizes["proxy"]
 
 
 def test_corrupted_reference_checkpoint(finished_run, tmp_path, capsys):

@@ -37,8 +37,7 @@ def _plan(name: str, runs: int) -> StagePlan:
 
 def plans(files: Sequence[str], bindings: Sequence[str]) -> tuple[list[StagePlan], str]:
     """The stage plans of the command line's gin, and what it is (`pipeline` or `train`)."""
-    config.register()
-    config.add_configurable("run_pipeline", pipeline.run_pipeline)
+    pipeline.register()
     command_line = pipeline.CommandLine(tuple(files), tuple(bindings))
     config.parse(files, [], (), command_line.pipeline_bindings(), check_macros=False, fill_required=PLACEHOLDER)
     experiment = {

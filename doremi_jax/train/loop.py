@@ -354,6 +354,8 @@ def train(
         writer.close()
     summary["domains"] = list(domains)
     summary["sampling_weights"] = dict(zip(domains, np.asarray(fixed_sampling, float).tolist()))
+    # The corpus's own rates (tokens per domain): what mixture searches start from.
+    summary["natural_weights"] = dict(zip(domains, np.asarray(inputs.named_weights("natural", corpus), float).tolist()))
     if summary["stopped"] != "preempted":
         summary.update(method.finish(workdir, domains, state, primary))
     if primary:
