@@ -21,6 +21,10 @@ DATA = [
     "tensorflow-datasets>=4.9,<4.10",
     "sentencepiece>=0.2,<0.3",
     "array_record>=0.8,<0.9",  # pre-tokenized ArrayRecord shards (also a tfds dependency)
+    # The preprocessing pipeline (data/preprocess.py), on the DirectRunner here; add
+    # apache-beam[gcp] for Dataflow. Seen to install with the pins above (2026-11-30).
+    "apache-beam>=2.70,<2.78",
+    "zstandard>=0.22",  # .jsonl.zst inputs (the Pile's)
 ]
 # jax[tpu] pins the libtpu built for the installed jax (jax 0.10.2: libtpu 0.0.42.*).
 TPU = ["jax[tpu]>=0.7,<0.11"]

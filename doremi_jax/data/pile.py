@@ -1,11 +1,14 @@
-"""`python -m doremi_jax.data.pile --input 'PATH/*.jsonl.zst' --output_dir OUT [--split train]`.
+"""`python -m doremi_jax.data.pile --input 'PATH/*.jsonl.zst' --output_dir OUT`.
 
-Splits The Pile by `meta.pile_set_name` (or any jsonl corpus by the field given with
-`--domain_field`, a path such as `meta/source`) into the folder layout doremi_jax reads,
-`OUT/<domain>/<split>-NNNNN.jsonl` (sharded), and writes `OUT/<split>_counts.json`
-(documents and UTF-8 bytes per domain). Domain names become folder names with spaces
-and slashes replaced by underscores ("PubMed Central" -> "PubMed_Central").
-Reads `.jsonl` and, with the `zstandard` package installed, `.jsonl.zst`.
+The Pile (domains by `meta.pile_set_name`), or any jsonl corpus with `--domain_field`,
+into the layout doremi_jax reads. By default this is the Apache Beam preprocessing
+(`doremi_jax.data.preprocess`: tokenized ArrayRecord shards and an index; its flags,
+`--spm_model`, `--validation_fraction` or `--split`, and Beam's runner flags, pass
+through). With `--format=jsonl`, the text itself is split, in one process, into
+`OUT/<domain>/<split>-NNNNN.jsonl` shards with `OUT/<split>_counts.json` (documents and
+UTF-8 bytes per domain), to be tokenized by the trainer. Domain names become folder
+names with spaces and slashes replaced by underscores ("PubMed Central" ->
+"PubMed_Central"). Reads `.jsonl` and `.jsonl.zst`.
 """
 
 from __future__ import annotations
@@ -92,6 +95,12 @@ def split_pile(
 
 
 def main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--format=jsonl" not in argv:
+        from doremi_jax.data import preprocess
+
+        return preprocess.main([a for a in argv if a != "--format=shards"])
+    argv.remove("--format=jsonl")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", required=True, help="glob of .jsonl or .jsonl.zst files")
     parser.add_argument("--output_dir", required=True)

@@ -1,0 +1,110 @@
+"""The Beam preprocessing (DirectRunner, two worker processes) on a small jsonl corpus
+with a domain field, then the trainer on its shards; reruns, resumption, bad records."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from doremi_jax.data import corpus as corpus_lib, preprocess, vocab as vocab_lib
+
+from helpers import TINY  # noqa: F401  (the tiny model of the tests)
+from test_command_line import run_entry
+
+pytestmark = pytest.mark.slow  # subprocess runs
+
+DOMAINS = {"news": "the market rose today as", "code": "def f(x): return x +", "poems": "o rose thou art sick"}
+BEAM = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+
+
+def write_inputs(folder, files=2, docs=60):
+    os.makedirs(folder, exist_ok=True)
+    expected = {}
+    for f in range(files):
+        lines = []
+        for i in range(docs):
+            domain = list(DOMAINS)[(i + f) % 3]
+            text = f"{DOMAINS[domain]} {f}-{i} " * (3 + i % 5)
+            lines.append(json.dumps({"text": text, "meta": {"source": domain}}))
+            expected.setdefault(domain, []).append(text)
+        with open(os.path.join(folder, f"part-{f}.jsonl"), "w") as out:
+            out.write("\n".join(lines) + "\n")
+    return expected
+
+
+def preprocess_cmd(inputs, out, *extra):
+    return run_entry("data.preprocess", f"--input={inputs}", f"--output_dir={out}", "--domain_field=meta/source",
+                     "--validation_fraction=0.2", *BEAM, *extra)
+
+
+def shard_times(out):
+    return {os.path.join(r, n): os.path.getmtime(os.path.join(r, n))
+            for r, _, names in os.walk(out) for n in names if n.endswith(".array_record")}
+
+
+def test_beam_shards_train_a_model_and_reruns_are_idempotent(tmp_path):
+    inputs = str(tmp_path / "in")
+    expected = write_inputs(inputs)
+    out = str(tmp_path / "out")
+    done = preprocess_cmd(f"{inputs}/*.jsonl", out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 input file(s) processed, 0 already done" in done.stdout
+    index = json.load(open(os.path.join(out, "index.json")))
+    assert set(index["domains"]) == set(DOMAINS) and index["vocabulary"] == "byte"
+
+    # Every document once, in its split (held out by a hash of its text), in input order.
+    vocab = vocab_lib.make_vocabulary("byte")
+    corpus = corpus_lib.load_corpus(out, vocab, cache_dir=str(tmp_path / "cache"))
+    for d, texts in expected.items():
+        for split in ("train", "validation"):
+            mine = [t for t in texts if preprocess.split_of(t, 0.2) == split]
+            assert mine, (d, split)
+            stream = corpus.streams[split][corpus.domains.index(d)]
+            want = np.concatenate([np.r_[vocab.encode(t), vocab.eos_id] for t in mine]).astype(np.int32)
+            np.testing.assert_array_equal(np.asarray(stream.tokens), want)
+            t = index["domains"][d][split]
+            assert t["documents"] == len(mine) and t["tokens"] == want.size
+            assert t["bytes"] == sum(len(x.encode()) for x in mine)
+
+    # A rerun does nothing; a new input file is the only one processed.
+    before = shard_times(out)
+    again = preprocess_cmd(f"{inputs}/*.jsonl", out)
+    assert again.returncode == 0 and "0 input file(s) processed, 2 already done" in again.stdout, again.stderr[-2000:]
+    assert shard_times(out) == before and json.load(open(os.path.join(out, "index.json"))) == index
+    write_inputs(str(tmp_path / "more"), files=3)
+    os.replace(str(tmp_path / "more" / "part-2.jsonl"), os.path.join(inputs, "part-2.jsonl"))
+    third = preprocess_cmd(f"{inputs}/*.jsonl", out)
+    assert third.returncode == 0 and "1 input file(s) processed, 2 already done" in third.stdout
+    assert all(shard_times(out)[p] == t for p, t in before.items())
+    grown = json.load(open(os.path.join(out, "index.json")))
+    assert grown["domains"]["news"]["train"]["documents"] > index["domains"]["news"]["train"]["documents"]
+
+    # The trainer on the shards.
+    workdir = str(tmp_path / "run")
+    trained = run_entry("train", "--gin_file=gin/runs/reference.gin", "--gin_file=gin/models/tiny.gin",
+                        f"--gin.DATA_DIR='{out}'", "--gin.TRAIN_STEPS=3", "--gin.BATCH_SIZE=8", "--gin.SEQUENCE_LENGTH=32",
+                        "--gin.TrainConfig.eval_tokens_per_domain=256", "--gin.TrainConfig.tensorboard=False",
+                        f"--workdir={workdir}")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    summary = json.load(open(os.path.join(workdir, "summary.json")))
+    assert summary["domains"] == sorted(DOMAINS) and summary["step"] == 3
+
+
+def test_a_malformed_record_names_its_file_and_line_or_is_skipped_and_counted(tmp_path):
+    inputs = str(tmp_path / "in")
+    write_inputs(inputs, files=1, docs=12)
+    bad = os.path.join(inputs, "part-0.jsonl")
+    lines = open(bad).read().splitlines()
+    lines[6] = '{"text": "cut short'
+    open(bad, "w").write("\n".join(lines) + "\n")
+    out = str(tmp_path / "out")
+    failed = preprocess_cmd(f"{inputs}/*.jsonl", out)
+    assert failed.returncode == 1
+    assert failed.stderr.strip().splitlines()[-1].startswith(f"error: {bad}:7: not a JSON record"), failed.stderr[-2000:]
+    assert not os.path.exists(os.path.join(out, "index.json"))
+    skipped = preprocess_cmd(f"{inputs}/*.jsonl", out, "--on_error=skip")
+    assert skipped.returncode == 0, skipped.stderr[-2000:]
+    assert "1 malformed record(s) skipped" in skipped.stdout
+    index = json.load(open(os.path.join(out, "index.json")))
+    assert sum(s["documents"] for s in index["shards"]) == 11
