@@ -25,6 +25,7 @@ DATA = [
     # apache-beam[gcp] for Dataflow. Seen to install with the pins above (2026-11-30).
     "apache-beam>=2.70,<2.78",
     "zstandard>=0.22",  # .jsonl.zst inputs (the Pile's)
+    "grain>=0.2.18,<0.3",  # random access into those shards (data/shards.py), as MaxText reads them
 ]
 # jax[tpu] pins the libtpu built for the installed jax (jax 0.10.2: libtpu 0.0.42.*).
 TPU = ["jax[tpu]>=0.7,<0.11"]

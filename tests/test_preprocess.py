@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from doremi_jax.data import corpus as corpus_lib, preprocess, vocab as vocab_lib
+from doremi_jax.data import corpus as corpus_lib, preprocess, shards, streams, vocab as vocab_lib
+from doremi_jax.data.sampler import MixtureSampler
 
 from helpers import TINY  # noqa: F401  (the tiny model of the tests)
 from test_command_line import run_entry
@@ -66,6 +67,20 @@ def test_beam_shards_train_a_model_and_reruns_are_idempotent(tmp_path):
             t = index["domains"][d][split]
             assert t["documents"] == len(mine) and t["tokens"] == want.size
             assert t["bytes"] == sum(len(x.encode()) for x in mine)
+
+    # Read by window from the shards (never whole, never cached), the sampler's batches
+    # equal, bit for bit, those of the same documents held in memory.
+    assert isinstance(corpus.streams["train"][0].tokens, shards.ShardTokens)
+    assert not os.path.exists(str(tmp_path / "cache" / "tokens"))
+    in_memory = [streams.join_documents([vocab.encode(t) for t in expected[d] if preprocess.split_of(t, 0.2) == "train"],
+                                        vocab.eos_id) for d in corpus.domains]
+    for packing in (True, False):
+        lazy = MixtureSampler(corpus.streams["train"], 48, seed=3, packing=packing)
+        whole = MixtureSampler(in_memory, 48, seed=3, packing=packing)
+        for step in range(5):
+            a, b = lazy.batch(step, range(16), np.full(3, 1 / 3)), whole.batch(step, range(16), np.full(3, 1 / 3))
+            for name in a:
+                np.testing.assert_array_equal(a[name], b[name])
 
     # A rerun does nothing; a new input file is the only one processed.
     before = shard_times(out)

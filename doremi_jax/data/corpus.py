@@ -28,7 +28,7 @@ import numpy as np
 from etils import epath
 
 from doremi_jax import fileio
-from doremi_jax.data import records
+from doremi_jax.data import records, shards as shard_reader
 # The stream type and the error of bad corpus input live below corpus and records.
 from doremi_jax.data.streams import CorpusError, TokenStream, join_documents  # noqa: F401
 
@@ -241,6 +241,9 @@ def load_stream(
         )
     if files and shards:
         raise CorpusError(f"domain {domain!r}: {folder!r} mixes text files and record shards for {split}")
+    if not files and shard_reader.has_lengths(shards):
+        # The Beam preprocessing's shards: read by window, never whole, never cached.
+        return _indexed_shards(data_dir, domain, split, shards, vocab, record_feature)
     key = _fingerprint(files, vocab, text_field) if files else _fingerprint(shards, vocab, f"records:{record_feature}")
     cache = os.path.join(cache_dir or default_cache_dir(), "tokens", key)
     cached = _load_cached_stream(cache, f"{domain}.{split}")
@@ -254,6 +257,23 @@ def load_stream(
         raise CorpusError(f"domain {domain!r}: the {split} split in {folder!r} is empty")
     _save_stream(cache, f"{domain}.{split}", stream)
     return _load_cached_stream(cache, f"{domain}.{split}")
+
+
+def _indexed_shards(data_dir, domain, split, shards, vocab, feature) -> TokenStream:
+    index_path = os.path.join(data_dir, "index.json")
+    index = json.loads(fileio.read_text(index_path)) if fileio.exists(index_path) else {}
+    if index and index.get("vocabulary") != vocab.fingerprint:
+        raise CorpusError(
+            f"domain {domain!r}: the shards in {data_dir!r} were tokenized with vocabulary "
+            f"{index.get('vocabulary')!r}; this run's is {vocab.fingerprint!r}"
+        )
+    stream = shard_reader.load_stream(shards, vocab.eos_id, feature)
+    if stream.num_tokens == 0:
+        raise CorpusError(f"domain {domain!r}: the {split} shards in {os.path.join(data_dir, domain)!r} are empty")
+    counted = index.get("domains", {}).get(domain, {}).get(split)
+    if counted:
+        stream = dataclasses.replace(stream, num_bytes=int(counted["bytes"]))
+    return stream
 
 
 def load_corpus(

@@ -6,6 +6,9 @@ ArrayRecord shards of `tf.train.Example`s with a `targets` int64 feature (what s
 decoder-only tasks read, so T5X projects can register Tasks over the same shards):
 
     OUT/<domain>/<split>-<input>.array_record   one shard per input file, domain and split
+    OUT/<domain>/<split>-<input>.array_record.lengths.npy
+                                                 each record's tokens (EOS included): the
+                                                 trainer's random-access index (`shards.py`)
     OUT/index.json                               documents, tokens and bytes per shard,
                                                  per domain and split, and the vocabulary
 
@@ -162,11 +165,14 @@ def _build(p, inputs: Sequence[tuple[int, str]], output_dir: str, options: dict)
         tmp = os.path.join(tempfile.gettempdir(), f"{name}.tmp-{os.getpid()}") if remote else f"{final}.tmp-{os.getpid()}"
 
         writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
-        tokens = 0
+        lengths = np.asarray([int(ids.size) + 1 for _, ids, _ in docs], np.int64)  # + EOS when read
         for _, ids, _ in docs:
             writer.write(_serialize(ids))
-            tokens += int(ids.size) + 1  # each document is closed by EOS when read
         writer.close()
+        tokens = int(lengths.sum())
+        # The lengths first: a shard is complete only once it exists itself.
+        with fileio.open_file(final + ".lengths.npy", "wb") as f:
+            np.save(f, lengths)
         if remote:
             epath.Path(tmp).copy(final, overwrite=True)
             os.remove(tmp)

@@ -1,0 +1,79 @@
+"""A domain split held in ArrayRecord shards, read by window and never whole.
+
+The Beam preprocessing (`preprocess.py`) writes beside each shard the token count of
+each of its records (`<shard>.lengths.npy`, EOS included). From those alone the stream's
+document starts are known at start-up; `ShardTokens[a:b]` then decodes only the records
+overlapping [a, b), through grain's `ArrayRecordDataSource` (MaxText's loader; it reads
+local and gs:// paths), so a host's memory does not grow with the corpus.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from doremi_jax import fileio
+from doremi_jax.data.streams import TokenStream
+
+LENGTHS = ".lengths.npy"
+
+
+def has_lengths(shards) -> bool:
+    return bool(shards) and all(p.endswith(".array_record") and fileio.exists(p + LENGTHS) for p in shards)
+
+
+def _lengths(path: str) -> np.ndarray:
+    with fileio.open_file(path + LENGTHS, "rb") as f:
+        return np.load(io.BytesIO(f.read()), allow_pickle=False)
+
+
+class ShardTokens:
+    """int32 token ids of the concatenated records (each followed by EOS), by slice."""
+
+    dtype = np.dtype(np.int32)
+
+    def __init__(self, shards, doc_starts: np.ndarray, total: int, eos_id: int, feature: str = "targets"):
+        import grain.python as grain
+
+        self._source = grain.ArrayRecordDataSource(list(shards))
+        self._starts, self._total = doc_starts, total
+        self._eos, self._feature = eos_id, feature
+        self.shape = (total,)
+
+    def __len__(self) -> int:
+        return self._total
+
+    def __getitem__(self, key) -> np.ndarray:
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("ShardTokens reads contiguous windows: tokens[a:b]")
+        start, stop, _ = key.indices(self._total)
+        if stop <= start:
+            return np.zeros(0, np.int32)
+        first = int(np.searchsorted(self._starts, start, side="right") - 1)
+        last = int(np.searchsorted(self._starts, stop - 1, side="right") - 1)
+        records = self._source.__getitems__(list(range(first, last + 1)))
+        pieces = [np.r_[self._decode(r), self._eos].astype(np.int32) for r in records]
+        window = np.concatenate(pieces)
+        offset = start - int(self._starts[first])
+        return window[offset: offset + (stop - start)]
+
+    def __array__(self, dtype=None, copy=None):
+        whole = self[0:self._total]
+        return whole if dtype is None else whole.astype(dtype)
+
+    def _decode(self, record: bytes) -> np.ndarray:
+        import tensorflow as tf
+
+        example = tf.train.Example.FromString(record)
+        return np.asarray(example.features.feature[self._feature].int64_list.value, np.int64)
+
+
+def load_stream(shards, eos_id: int, feature: str = "targets") -> TokenStream:
+    """The split's stream from its shards' length files: no record is read here."""
+    lengths = np.concatenate([_lengths(p) for p in shards]) if shards else np.zeros(0, np.int64)
+    starts = np.r_[0, np.cumsum(lengths)[:-1]].astype(np.int64) if lengths.size else np.zeros(0, np.int64)
+    total = int(lengths.sum())
+    # No text to count here: a token stands for one byte in bits-per-byte, as for
+    # other pre-tokenized data.
+    return TokenStream(ShardTokens(shards, starts, total, eos_id, feature), starts, total)
