@@ -10,7 +10,6 @@ import pytest
 from doremi_jax.data import corpus as corpus_lib, preprocess, shards, streams, vocab as vocab_lib
 from doremi_jax.data.sampler import MixtureSampler
 
-from helpers import TINY  # noqa: F401  (the tiny model of the tests)
 from test_command_line import run_entry
 
 pytestmark = pytest.mark.slow  # subprocess runs
