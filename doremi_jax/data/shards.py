@@ -52,7 +52,9 @@ class ShardTokens:
             return np.zeros(0, np.int32)
         first = int(np.searchsorted(self._starts, start, side="right") - 1)
         last = int(np.searchsorted(self._starts, stop - 1, side="right") - 1)
-        records = self._source.__getitems__(list(range(first, last + 1)))
+        # One record or two per window: read one by one (`__getitems__` starts a thread
+        # pool per call, which costs more than the reads themselves here).
+        records = [self._source[i] for i in range(first, last + 1)]
         pieces = [np.r_[self._decode(r), self._eos].astype(np.int32) for r in records]
         window = np.concatenate(pieces)
         offset = start - int(self._starts[first])
@@ -66,7 +68,7 @@ class ShardTokens:
         import tensorflow as tf
 
         example = tf.train.Example.FromString(record)
-        return np.asarray(example.features.feature[self._feature].int64_list.value, np.int64)
+        return np.fromiter(example.features.feature[self._feature].int64_list.value, np.int64)
 
 
 def load_stream(shards, eos_id: int, feature: str = "targets") -> TokenStream:
