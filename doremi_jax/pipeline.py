@@ -389,7 +389,9 @@ def run_regmix(stages: "StageFactory", cfg: RegMixConfig, workdir: str, natural_
                      "target_loss": float(np.mean([lp[d] for d in target]))})
     losses = np.asarray([r["target_loss"] for r in runs])
     fit = regmix_lib.fit(mixtures, losses, cfg.regressor)
-    mixture = regmix_lib.search(fit, natural, cfg.seed + 1, cfg.candidates, cfg.top)
+    counts, budget, max_epochs = _main_budget(stages, domains)
+    upper = regmix_lib.bounds(mixtures, counts, budget, max_epochs)
+    mixture = regmix_lib.search(fit, natural, cfg.seed + 1, cfg.candidates, cfg.top, upper)
     weights_file = os.path.join(folder, "domain_weights.json")
     weights_lib.write_weights(weights_file, domains, mixture)
     corners = fit.predict(np.eye(len(domains)))
@@ -400,6 +402,7 @@ def run_regmix(stages: "StageFactory", cfg: RegMixConfig, workdir: str, natural_
         "weights": dict(zip(domains, mixture.tolist())),
         "predicted_target_loss": float(fit.predict(mixture[None])[0]),
         "predicted_corner_loss": dict(zip(domains, corners.tolist())),
+        "search_upper_bounds": dict(zip(domains, upper.tolist())),
         "runs": runs,
         "flops": flops,
         "weights_file": weights_file,
@@ -409,6 +412,20 @@ def run_regmix(stages: "StageFactory", cfg: RegMixConfig, workdir: str, natural_
           + ", ".join(f"{r} {v:.2f}" for r, v in fit.held_out_spearman.items())
           + "; mixture " + ", ".join(f"{d} {w:.3f}" for d, w in zip(domains, mixture)), flush=True)
     return record
+
+
+def _main_budget(stages: "StageFactory", domains: Sequence[str]) -> tuple[np.ndarray, float, float]:
+    """The corpus's training tokens per domain, and the main run's token budget and
+    epoch cap (TrainConfig.max_epochs): the bounds of RegMix's search."""
+    from doremi_jax.data import inputs
+
+    stage = stages.main("main_regmix", "uniform", "")
+    stage.parse(check_macros=False)
+    args = config.call_arguments("train", ("data", "config"))
+    cfg = args["config"]
+    corpus = inputs.build_corpus(args["data"])
+    counts = np.asarray([corpus.token_counts("train")[corpus.domains.index(d)] for d in domains], np.float64)
+    return counts, float(cfg.train_steps * cfg.batch_size * cfg.sequence_length), float(cfg.max_epochs)
 
 
 def _run_flops(stage: "Stage", summary: dict) -> float:

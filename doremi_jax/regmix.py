@@ -121,10 +121,29 @@ def fit(mixtures, losses, regressor: str = "auto") -> Fit:
     return Fit(chosen, scores, _make(chosen, len(losses)).fit(mixtures, losses))
 
 
-def search(fit_: Fit, natural: Sequence[float], seed: int, candidates: int = 100_000, top: int = 100) -> np.ndarray:
+def search(fit_: Fit, natural: Sequence[float], seed: int, candidates: int = 100_000, top: int = 100,
+           upper: Sequence[float] | None = None) -> np.ndarray:
     """The mean of the `top` candidate mixtures with the lowest predicted loss, among
-    `candidates` drawn from the small runs' prior (the paper averages its top 100)."""
+    `candidates` drawn from the small runs' prior (the paper averages its top 100).
+    `upper` (float[k]) bounds each domain's weight: candidates beyond it are not
+    considered (`bounds`)."""
     pool = sample_mixtures(natural, candidates, seed)
+    if upper is not None:
+        pool = pool[(pool <= np.asarray(upper, np.float64)[None] + 1e-12).all(axis=1)]
+        if not len(pool):
+            raise ValueError("RegMix: no candidate mixture lies within the search bounds; run more small runs")
     best = np.argsort(fit_.predict(pool), kind="stable")[:top]
     mixture = pool[best].mean(axis=0)
     return mixture / mixture.sum()
+
+
+def bounds(mixtures: np.ndarray, token_counts: Sequence[float] | None = None, token_budget: float = 0.0,
+           max_epochs: float = 0.0) -> np.ndarray:
+    """Each domain's largest weight the search may choose: no more than the small runs
+    tried (a regression says nothing beyond the runs it was fitted on, and a linear one
+    would follow its slope to a corner), and, given the main run's `token_budget`, no
+    more than `max_epochs` passes over the domain's training tokens."""
+    upper = np.asarray(mixtures, np.float64).max(axis=0)
+    if token_counts is not None and token_budget and max_epochs:
+        upper = np.minimum(upper, max_epochs * np.asarray(token_counts, np.float64) / token_budget)
+    return upper

@@ -410,7 +410,9 @@ def _regmix_section(search: Mapping[str, Any]) -> list[str]:
         f"{len(runs)} small runs on random mixtures; target: the mean validation log-perplexity over {target}. "
         f"Leave-one-out rank correlation (Spearman) of each regressor's predictions with the held-out runs' "
         f"losses: {fits}; used: {search['regressor']}. Predicted target loss of the chosen mixture: "
-        f"{search['predicted_target_loss']:.4f} (best small run: {min(r['target_loss'] for r in runs):.4f}).",
+        f"{search['predicted_target_loss']:.4f} (best small run: {min(r['target_loss'] for r in runs):.4f}). "
+        "The search keeps each domain's weight within what the small runs tried and within the main "
+        "run's epoch cap: " + ", ".join(f"{d} ≤ {u:.3f}" for d, u in search.get("search_upper_bounds", {}).items()) + ".",
         "",
         "| run | " + " | ".join(runs[0]["mixture"]) + " | target loss |",
         "|---:|" + "---:|" * (len(runs[0]["mixture"]) + 1),

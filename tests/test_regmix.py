@@ -112,3 +112,14 @@ def test_the_comparison_experiment_on_a_corpus_with_a_known_best_mixture(tmp_pat
     again = run_entry("pipeline", *args)
     assert again.returncode == 0 and "retraining" not in again.stdout
     assert again.stdout.count("skipped") >= 2 + 8 + 5 * 2
+
+
+def test_the_search_stays_within_the_runs_and_the_epoch_cap():
+    mixtures = regmix.sample_mixtures(NATURAL, 24, seed=1)
+    upper = regmix.bounds(mixtures, token_counts=[1e6, 1e5, 1e6], token_budget=1e6, max_epochs=4)
+    np.testing.assert_allclose(upper, np.minimum(mixtures.max(axis=0), [4.0, 0.4, 4.0]))
+    losses = mixtures @ np.asarray([3.0, 2.0, 4.0])  # the unbounded best is domain 1's corner
+    best = regmix.search(regmix.fit(mixtures, losses), NATURAL, seed=2, candidates=20_000, top=20, upper=upper)
+    assert (best <= upper + 1e-9).all() and best[1] > 0.3  # as far towards it as the bounds allow
+    with pytest.raises(ValueError, match="no candidate mixture lies within the search bounds"):
+        regmix.search(regmix.fit(mixtures, losses), NATURAL, seed=2, candidates=100, top=5, upper=[0.1, 0.1, 0.1])
