@@ -19,7 +19,8 @@ DATA = [
     "tensorflow>=2.18,<2.22",
     "tensorflow-text>=2.18,<2.22",
     "tensorflow-datasets>=4.9,<4.10",
-    "sentencepiece>=0.2,<0.3",
+    # apache-beam holds protobuf below 7; sentencepiece 0.2.3's generated code needs 7.36.
+    "sentencepiece>=0.2,<0.2.3",
     "array_record>=0.8,<0.9",  # pre-tokenized ArrayRecord shards (also a tfds dependency)
     # The preprocessing pipeline (data/preprocess.py), on the DirectRunner here; add
     # apache-beam[gcp] for Dataflow. Seen to install with the pins above (2026-11-30).
