@@ -100,3 +100,28 @@ def test_training_memory_does_not_grow_with_the_corpus(tmp_path):
           f"{corpus_bytes / 2**20:.0f} MiB corpus")
     # Reading whole arrays costs about 2.3x the corpus (1.2 GB here); windows cost nothing.
     assert big - small < corpus_bytes / 4
+
+
+def write_shards(folder, n, seed, doc=4000):
+    """The Beam preprocessing's format (`preprocess.write_shard`): train and validation
+    shards of random byte-id documents of `doc` tokens, written a document at a time."""
+    from doremi_jax.data import preprocess
+
+    rng = np.random.default_rng(seed)
+    for split, size in (("train", n), ("validation", 20_000)):
+        docs = (rng.integers(3, 259, doc).astype(np.int32) for _ in range(max(1, size // doc)))
+        preprocess.write_shard(os.path.join(folder, f"{split}-00000.array_record"), docs)
+
+
+@pytest.mark.slow
+def test_training_memory_does_not_grow_with_a_sharded_corpus(tmp_path):
+    big_tokens = 32 << 20  # per domain: 2 x 128 MiB of int32 ids, read by window from shards
+    for domain, seed in (("a", 0), ("b", 1)):
+        write_shards(str(tmp_path / "small" / domain), 100_000, seed)
+        write_shards(str(tmp_path / "big" / domain), big_tokens, seed)
+    corpus_bytes = 2 * big_tokens * 4
+    small = peak_rss(tmp_path / "small", tmp_path / "w_small")
+    big = peak_rss(tmp_path / "big", tmp_path / "w_big")
+    print(f"peak RSS: {small / 2**20:.0f} MiB on a 0.8 MB corpus, {big / 2**20:.0f} MiB on a "
+          f"{corpus_bytes / 2**20:.0f} MiB corpus of shards")
+    assert big - small < corpus_bytes / 4

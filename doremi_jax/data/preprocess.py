@@ -31,7 +31,7 @@ import io
 import json
 import os
 import sys
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -112,6 +112,36 @@ def _serialize(ids: np.ndarray) -> bytes:
     })).SerializeToString()
 
 
+def write_shard(final: str, documents: Iterable[np.ndarray]) -> int:
+    """One shard: each document (token ids, no EOS) a `tf.train.Example` record, and its
+    record lengths (EOS included) beside it; returns the shard's tokens. Written locally,
+    then moved (or copied to gs://) whole: a reader never sees half a shard, and the
+    shard appears after its lengths file."""
+    import tempfile
+
+    from array_record.python import array_record_module
+
+    fileio.makedirs(os.path.dirname(final))
+    remote = fileio.is_remote(final)
+    name = os.path.basename(final)
+    tmp = os.path.join(tempfile.gettempdir(), f"{name}.tmp-{os.getpid()}") if remote else f"{final}.tmp-{os.getpid()}"
+    writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
+    lengths = []
+    for ids in documents:
+        ids = np.asarray(ids)
+        writer.write(_serialize(ids))
+        lengths.append(int(ids.size) + 1)
+    writer.close()
+    with fileio.open_file(final + ".lengths.npy", "wb") as f:
+        np.save(f, np.asarray(lengths, np.int64))
+    if remote:
+        epath.Path(tmp).copy(final, overwrite=True)
+        os.remove(tmp)
+    else:
+        os.replace(tmp, final)
+    return int(sum(lengths))
+
+
 def _done_path(output_dir: str, index: int, path: str) -> str:
     key = hashlib.sha256(fileio.absolute(path).encode()).hexdigest()[:12]
     return os.path.join(output_dir, ".done", f"{index:05d}-{key}.json")
@@ -150,34 +180,11 @@ def _build(p, inputs: Sequence[tuple[int, str]], output_dir: str, options: dict)
             split = options["split"] or split_of(text, options["validation_fraction"])
             yield (index, path, domain, split), (lineno, ids, len(text.encode("utf-8")))
 
-    def write_shard(element):
+    def write_shard_of(element):
         (index, path, domain, split), docs = element
         docs = sorted(docs, key=lambda d: d[0])
-        import tempfile
-
-        from array_record.python import array_record_module
-
         name = f"{split}-{index:05d}.array_record"
-        final = os.path.join(output_dir, domain, name)
-        fileio.makedirs(os.path.dirname(final))
-        # Written locally, then moved (or copied to gs://) whole: a reader never sees half a shard.
-        remote = fileio.is_remote(final)
-        tmp = os.path.join(tempfile.gettempdir(), f"{name}.tmp-{os.getpid()}") if remote else f"{final}.tmp-{os.getpid()}"
-
-        writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
-        lengths = np.asarray([int(ids.size) + 1 for _, ids, _ in docs], np.int64)  # + EOS when read
-        for _, ids, _ in docs:
-            writer.write(_serialize(ids))
-        writer.close()
-        tokens = int(lengths.sum())
-        # The lengths first: a shard is complete only once it exists itself.
-        with fileio.open_file(final + ".lengths.npy", "wb") as f:
-            np.save(f, lengths)
-        if remote:
-            epath.Path(tmp).copy(final, overwrite=True)
-            os.remove(tmp)
-        else:
-            os.replace(tmp, final)
+        tokens = write_shard(os.path.join(output_dir, domain, name), (ids for _, ids, _ in docs))
         yield (index, path), {"domain": domain, "split": split, "shard": f"{domain}/{name}",
                               "documents": len(docs), "tokens": tokens, "bytes": int(sum(d[2] for d in docs))}
 
@@ -193,7 +200,7 @@ def _build(p, inputs: Sequence[tuple[int, str]], output_dir: str, options: dict)
         | "Spread" >> beam.Reshuffle()
         | "Tokenize" >> beam.ParDo(Tokenize())
         | "PerShard" >> beam.GroupByKey()
-        | "Write" >> beam.FlatMap(write_shard)
+        | "Write" >> beam.FlatMap(write_shard_of)
         | "PerInput" >> beam.GroupByKey()
         | "Done" >> beam.Map(record_done)
     )
