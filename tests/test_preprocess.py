@@ -94,6 +94,21 @@ def test_beam_shards_train_a_model_and_reruns_are_idempotent(tmp_path):
     grown = json.load(open(os.path.join(out, "index.json")))
     assert grown["domains"]["news"]["train"]["documents"] > index["domains"]["news"]["train"]["documents"]
 
+    # seqio Tasks over the same shards (T5X projects): natural rates from the index, the
+    # documents as the shards hold them.
+    import seqio
+
+    from doremi_jax.data import tasks
+
+    tasks.register_folder_corpus("beamtest", out)
+    mixture = seqio.get_mixture_or_task("beamtest_natural")
+    rates = {t.name: mixture.get_rate(t) for t in mixture.tasks}
+    assert rates == {tasks.task_name("beamtest", d): float(t["train"]["tokens"]) for d, t in grown["domains"].items()}
+    first = next(iter(seqio.get_mixture_or_task("beamtest_news").get_dataset(
+        {"targets": 4096}, split="validation", shuffle=False, use_cached=False).as_numpy_iterator()))
+    news_validation = corpus.streams["validation"][corpus.domains.index("news")]
+    np.testing.assert_array_equal(first["targets"], np.asarray(news_validation.tokens[0:news_validation.doc_starts[1]]))
+
     # The trainer on the shards.
     workdir = str(tmp_path / "run")
     trained = run_entry("train", "--gin_file=gin/runs/reference.gin", "--gin_file=gin/models/tiny.gin",

@@ -22,15 +22,18 @@ model sees the same features as doremi_jax's own sampler produces.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 from typing import Mapping, Sequence
 
+import numpy as np
 import seqio
 import tensorflow as tf
 from etils import epath
 
-from doremi_jax.data import corpus as corpus_lib
+from doremi_jax import fileio
+from doremi_jax.data import corpus as corpus_lib, shards as shard_reader
 from doremi_jax.data import demo
 from doremi_jax.data import weights as weights_lib
 from doremi_jax.data.vocab import ByteVocabulary
@@ -80,6 +83,28 @@ def _read_token_split(data_dir_fn, domain: str, split: str, shuffle_files: bool,
     )
 
 
+def _index(data_dir: str | None) -> dict:
+    """The Beam preprocessing's index.json of `data_dir` ({} when there is none)."""
+    path = os.path.join(data_dir, "index.json") if data_dir else ""
+    return json.loads(fileio.read_text(path)) if path and fileio.exists(path) else {}
+
+
+def _read_indexed_split(data_dir_fn, domain: str, split: str, shuffle_files: bool, seed=None):
+    """The Beam preprocessing's shards, document by document, read by window (no vocabulary
+    check here: the task's own vocabulary decodes them)."""
+    folder = os.path.join(data_dir_fn(), domain)
+    paths = sorted(os.fspath(p) for p in epath.Path(folder).glob(f"{split}*.array_record"))
+    stream = shard_reader.load_stream(paths, eos_id=1)
+
+    def documents():
+        for document in stream.documents():
+            yield {"targets": np.asarray(document[:-1], np.int32)}  # without the EOS the task appends
+
+    return tf.data.Dataset.from_generator(
+        documents, output_signature={"targets": tf.TensorSpec([None], tf.int32)}
+    )
+
+
 def _dense_targets(dataset: tf.data.Dataset) -> tf.data.Dataset:
     def dense(ex):
         return {"targets": tf.cast(tf.sparse.to_dense(ex["targets"]), tf.int32)}
@@ -97,6 +122,13 @@ def _domain_source(data_dir_fn, data_dir: str | None, domain: str, text_field: s
         )
         return source, [_rekey_text, seqio.preprocessors.tokenize]
     folder = os.path.join(data_dir, domain)
+    if _index(data_dir) and shard_reader.has_lengths(
+        sorted(os.fspath(p) for p in epath.Path(folder).glob("train*.array_record"))
+    ):
+        source = seqio.FunctionDataSource(
+            functools.partial(_read_indexed_split, data_dir_fn, domain), splits=corpus_lib.SPLITS
+        )
+        return source, []
     if list(epath.Path(folder).glob("train*.tfrecord")):
         source = seqio.TFExampleDataSource(
             {s: os.path.join(folder, f"{s}*.tfrecord") for s in corpus_lib.SPLITS},
@@ -149,7 +181,11 @@ def register_folder_corpus(
         task_names.append(task)
     domain_of = dict(zip(task_names, domains))
 
+    index = _index(data_dir)
+
     def natural_rate(task: seqio.Task) -> float:
+        if index:  # the Beam preprocessing's counts: no token is read
+            return float(index["domains"][domain_of[task.name]]["train"]["tokens"])
         return float(_token_count(data_dir_fn(), domain_of[task.name]))
 
     return _register_mixtures(name, task_names, domains, weights, natural=natural_rate)
