@@ -137,3 +137,23 @@ def test_a_malformed_record_names_its_file_and_line_or_is_skipped_and_counted(tm
     assert "1 malformed record(s) skipped" in skipped.stdout
     index = json.load(open(os.path.join(out, "index.json")))
     assert sum(s["documents"] for s in index["shards"]) == 11
+
+
+def test_zstd_inputs_through_the_pile_entry(tmp_path):
+    """The README's `python -m doremi_jax.data.pile` (the same Beam pipeline) on .jsonl.zst."""
+    import zstandard
+
+    inputs = str(tmp_path / "in")
+    expected = write_inputs(inputs, files=1, docs=30)
+    raw = open(os.path.join(inputs, "part-0.jsonl"), "rb").read()
+    with open(os.path.join(inputs, "part-0.jsonl.zst"), "wb") as f:
+        f.write(zstandard.ZstdCompressor().compress(raw))
+    os.remove(os.path.join(inputs, "part-0.jsonl"))
+    out = str(tmp_path / "out")
+    done = run_entry("data.pile", f"--input={inputs}/*.jsonl.zst", f"--output_dir={out}",
+                     "--domain_field=meta/source", "--validation_fraction=0.2", *BEAM)
+    assert done.returncode == 0, done.stderr[-2000:]
+    index = json.load(open(os.path.join(out, "index.json")))
+    for d, texts in expected.items():
+        counted = sum(t["documents"] for t in index["domains"][d].values())
+        assert counted == len(texts)
