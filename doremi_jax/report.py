@@ -79,8 +79,7 @@ def downstream_average(doremi_dir: str, baseline_dir: str, downstream: Mapping[s
     }
 
 
-# How the report names a method's main model (the key of its results in eval.json).
-LABELS = {"doremi": "DoReMi", "odm": "ODM"}
+LABELS = comparison.LABELS  # how the report names a method's main model
 
 
 def compare(doremi_dir: str, baseline_dir: str, doremi_summary: Mapping, baseline_summary: Mapping,

@@ -87,21 +87,6 @@ def peak_rss(data_dir, workdir):
     return int(line.split()[1]) * 1024
 
 
-@pytest.mark.slow
-def test_training_memory_does_not_grow_with_the_corpus(tmp_path):
-    big_tokens = 64 << 20  # per domain: 2 x 256 MiB of int32 ids
-    for domain, seed in (("a", 0), ("b", 1)):
-        write_tokens(str(tmp_path / "small" / domain), 100_000, seed)
-        write_tokens(str(tmp_path / "big" / domain), big_tokens, seed)
-    corpus_bytes = 2 * big_tokens * 4
-    small = peak_rss(tmp_path / "small", tmp_path / "w_small")
-    big = peak_rss(tmp_path / "big", tmp_path / "w_big")
-    print(f"peak RSS: {small / 2**20:.0f} MiB on a 0.8 MB corpus, {big / 2**20:.0f} MiB on a "
-          f"{corpus_bytes / 2**20:.0f} MiB corpus")
-    # Reading whole arrays costs about 2.3x the corpus (1.2 GB here); windows cost nothing.
-    assert big - small < corpus_bytes / 4
-
-
 def write_shards(folder, n, seed, doc=4000):
     """The Beam preprocessing's format (`preprocess.write_shard`): train and validation
     shards of random byte-id documents of `doc` tokens, written a document at a time."""
@@ -114,14 +99,19 @@ def write_shards(folder, n, seed, doc=4000):
 
 
 @pytest.mark.slow
-def test_training_memory_does_not_grow_with_a_sharded_corpus(tmp_path):
-    big_tokens = 32 << 20  # per domain: 2 x 128 MiB of int32 ids, read by window from shards
+@pytest.mark.parametrize("layout,write,big_tokens", [
+    ("token arrays", write_tokens, 64 << 20),  # per domain: 2 x 256 MiB of int32 ids
+    ("shards", write_shards, 32 << 20),  # per domain: 2 x 128 MiB, read by window from shards
+])
+def test_training_memory_does_not_grow_with_the_corpus(tmp_path, layout, write, big_tokens):
     for domain, seed in (("a", 0), ("b", 1)):
-        write_shards(str(tmp_path / "small" / domain), 100_000, seed)
-        write_shards(str(tmp_path / "big" / domain), big_tokens, seed)
+        write(str(tmp_path / "small" / domain), 100_000, seed)
+        write(str(tmp_path / "big" / domain), big_tokens, seed)
     corpus_bytes = 2 * big_tokens * 4
     small = peak_rss(tmp_path / "small", tmp_path / "w_small")
     big = peak_rss(tmp_path / "big", tmp_path / "w_big")
     print(f"peak RSS: {small / 2**20:.0f} MiB on a 0.8 MB corpus, {big / 2**20:.0f} MiB on a "
-          f"{corpus_bytes / 2**20:.0f} MiB corpus of shards")
+          f"{corpus_bytes / 2**20:.0f} MiB corpus of {layout}")
+    # Reading whole arrays costs about 2.3x the corpus (1.2 GB for the token arrays);
+    # windows cost nothing.
     assert big - small < corpus_bytes / 4

@@ -72,11 +72,15 @@ def _rekey_text(dataset: tf.data.Dataset) -> tf.data.Dataset:
 
 def _read_token_split(data_dir_fn, domain: str, split: str, shuffle_files: bool, seed=None):
     """Pre-tokenized documents (.tokens.npy, ArrayRecord) as {"targets": int32[None]}."""
-    stream = corpus_lib.load_stream(data_dir_fn(), domain, split, ByteVocabulary())
+    return _documents_dataset(corpus_lib.load_stream(data_dir_fn(), domain, split, ByteVocabulary()))
+
+
+def _documents_dataset(stream) -> tf.data.Dataset:
+    """A stream's documents as {"targets": int32[None]}, without the EOS the task appends."""
 
     def documents():
         for document in stream.documents():
-            yield {"targets": document[:-1]}  # without the EOS the task appends
+            yield {"targets": np.asarray(document[:-1], np.int32)}
 
     return tf.data.Dataset.from_generator(
         documents, output_signature={"targets": tf.TensorSpec([None], tf.int32)}
@@ -94,15 +98,7 @@ def _read_indexed_split(data_dir_fn, domain: str, split: str, shuffle_files: boo
     check here: the task's own vocabulary decodes them)."""
     folder = os.path.join(data_dir_fn(), domain)
     paths = sorted(os.fspath(p) for p in epath.Path(folder).glob(f"{split}*.array_record"))
-    stream = shard_reader.load_stream(paths, eos_id=1)
-
-    def documents():
-        for document in stream.documents():
-            yield {"targets": np.asarray(document[:-1], np.int32)}  # without the EOS the task appends
-
-    return tf.data.Dataset.from_generator(
-        documents, output_signature={"targets": tf.TensorSpec([None], tf.int32)}
-    )
+    return _documents_dataset(shard_reader.load_stream(paths, eos_id=1))
 
 
 def _dense_targets(dataset: tf.data.Dataset) -> tf.data.Dataset:
