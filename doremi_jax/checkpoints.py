@@ -12,9 +12,10 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
-from doremi_jax import fileio
+from doremi_jax import fileio, hosts
 
 
 class CheckpointError(RuntimeError):
@@ -24,11 +25,17 @@ class CheckpointError(RuntimeError):
 class Checkpointer:
     def __init__(self, directory: str, max_to_keep: int = 3, asynchronous: bool = True):
         self.directory = fileio.absolute(directory)
+        if hosts.is_alone():
+            fileio.makedirs(self.directory)  # orbax creates it only when every host takes part
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
-            create=True,
+            create=not hosts.is_alone(),
             enable_async_checkpointing=asynchronous,
             cleanup_tmp_directories=True,
+            # A run alone on this host (hosts.alone) saves without the other hosts.
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                primary_host=jax.process_index(), active_processes={jax.process_index()}
+            ) if hosts.is_alone() else ocp.options.MultiprocessingOptions(),
         )
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_handlers=ocp.PyTreeCheckpointHandler()
@@ -38,11 +45,21 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def save(self, step: int, state: Any, force: bool = False) -> bool:
+        if hosts.is_alone():
+            # Orbax refuses a jax.Array held by one process when there are several
+            # (it expects pmap's host-local arrays there): a run alone saves host copies.
+            state = jax.device_get(state)
         return self._manager.save(step, args=ocp.args.PyTreeSave(state), force=force)
 
     def restore(self, abstract_state: Any, step: int | None = None) -> Any:
         """Restore into the shapes, dtypes and shardings of `abstract_state`."""
         step = self.latest_step() if step is None else step
+        if hosts.is_alone():  # saved as host copies (`save`), put back on this run's devices
+            restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract_state)
+            restored = self._manager.restore(
+                step, args=ocp.args.PyTreeRestore(item=abstract_state, restore_args=restore_args)
+            )
+            return jax.device_put(restored, jax.tree.map(lambda x: x.sharding, abstract_state))
         restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_state)
         return self._manager.restore(
             step, args=ocp.args.PyTreeRestore(item=abstract_state, restore_args=restore_args)
@@ -65,7 +82,7 @@ class Checkpointer:
                            f"moved to {aside!r}, trying the one before")
                 logging.warning(message)
                 print(f"warning: {message}", flush=True)
-                if jax.process_index() == 0:
+                if hosts.primary():
                     fileio.makedirs(os.path.dirname(aside))
                     fileio.rename(os.path.join(self.directory, str(step)), aside)
                 self._manager.reload()

@@ -258,10 +258,10 @@ def train_with_gin(
 
 
 def write_file(path: str, text: str) -> None:
-    """Atomic, by process 0 only (every host runs the same code)."""
-    import jax
+    """Atomic, by the run's primary process only (every host runs the same code)."""
+    from doremi_jax import hosts
 
-    if jax.process_index() != 0:
+    if not hosts.primary():
         return
     fileio.write_text_atomic(path, text)
 

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from doremi_jax import cli, comparison, config, fileio, regmix as regmix_lib, report, sharding
+from doremi_jax import cli, comparison, config, fileio, hosts, regmix as regmix_lib, report, sharding
 from doremi_jax.data import weights as weights_lib
 from doremi_jax.models import model_flops_per_step
 from doremi_jax.train import methods as methods_lib, workdir as workdir_lib
@@ -51,6 +51,9 @@ class RegMixConfig:
     target_domains: tuple[str, ...] = ()  # () : the mean validation loss over all domains
     regressor: str = "auto"  # auto | lightgbm | linear
     seed: int = 0
+    # On several hosts, each trains its share of the small runs alone (run i on host
+    # i mod hosts, on its own devices) instead of every run on all hosts in turn.
+    spread_over_hosts: bool = True
     candidates: int = 100_000
     top: int = 100
 
@@ -127,7 +130,7 @@ class Stage:
         previous = json.loads(fileio.read_text(self.record)) if fileio.exists(self.record) else {}
         if previous.get("fingerprint") == fingerprint and previous.get("done"):
             print(f"[{self.name}] done with the same configuration: skipped", flush=True)
-            return json.loads(fileio.read_text(os.path.join(self.workdir, "summary.json"))), fingerprint
+            return self.summary(), fingerprint
         run_record = os.path.join(self.workdir, "run.json")
         replace = fileio.exists(run_record) and (
             json.loads(fileio.read_text(run_record)).get("pipeline_stage") != fingerprint
@@ -142,6 +145,10 @@ class Stage:
             raise SystemExit(0)  # the next start resumes this stage where it stopped
         _write_json(self.record, {"fingerprint": fingerprint, "done": True})
         return summary, fingerprint
+
+    def summary(self) -> dict:
+        """The finished stage's summary.json (written by whichever host trained it)."""
+        return json.loads(fileio.read_text(os.path.join(self.workdir, "summary.json")))
 
 
 def _write_json(path: str, data: Any) -> None:
@@ -377,12 +384,23 @@ def run_regmix(stages: "StageFactory", cfg: RegMixConfig, workdir: str, natural_
     missing = sorted(set(target) - set(domains))
     if missing:
         raise config.ConfigError(f"RegMixConfig.target_domains: {missing} not among the corpus's domains {list(domains)}")
-    runs, flops = [], 0.0
+    hosts_count, me = jax.process_count(), jax.process_index()
+    spread = cfg.spread_over_hosts and hosts_count > 1
+    small_runs = []
     for i, mixture in enumerate(mixtures):
         path = os.path.join(folder, "mixtures", f"run_{i:03d}.json")
         weights_lib.write_weights(path, domains, mixture)
-        stage = stages.regmix_run(i, path, _file_hash(path))
-        summary, _ = stage.run()
+        small_runs.append(stages.regmix_run(i, path, _file_hash(path)))
+    for i, stage in enumerate(small_runs):
+        if not spread:
+            stage.run()
+        elif i % hosts_count == me:
+            with hosts.alone():
+                stage.run()
+    hosts.sync_all("regmix small runs")  # every host's share is in the workdir
+    runs, flops = [], 0.0
+    for i, (stage, mixture) in enumerate(zip(small_runs, mixtures)):
+        summary = stage.summary()
         flops += _run_flops(stage, summary)
         lp = summary["eval"]["log_perplexity"]
         runs.append({"run": i, "mixture": dict(zip(domains, mixture.tolist())),

@@ -21,6 +21,8 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from doremi_jax import hosts
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
@@ -74,8 +76,9 @@ def resolve_axis_sizes(sizes: Sequence[int], num_devices: int) -> tuple[int, ...
 
 
 def make_mesh(cfg: MeshConfig = MeshConfig(), devices: Sequence[Any] | None = None) -> Mesh:
-    """A `Mesh` over all (global) devices, laid out by mesh_utils to follow the topology."""
-    devices = list(jax.devices() if devices is None else devices)
+    """A `Mesh` over the run's devices (all global devices; this process's alone, inside
+    `hosts.alone()`), laid out by mesh_utils to follow the topology."""
+    devices = hosts.devices() if devices is None else list(devices)
     if cfg.dcn_data > 1:
         if len(devices) % cfg.dcn_data:
             raise ValueError(f"dcn_data={cfg.dcn_data} does not divide {len(devices)} devices")

@@ -15,7 +15,7 @@ PACKAGE = os.path.join(REPO, "doremi_jax")
 # modules (metrics -> fileio) and the entries (cli -> config) may use their own layer.
 # No circle anywhere (the second test).
 LAYERS = [
-    {"models", "dro", "bandit", "sharding", "fileio", "hardware", "quiet", "losses", "checkpoints", "metrics"},
+    {"models", "dro", "bandit", "sharding", "hosts", "fileio", "hardware", "quiet", "losses", "checkpoints", "metrics"},
     {"data"},
     {"eval"},
     {"train"},

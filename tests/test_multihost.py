@@ -65,3 +65,35 @@ def test_two_processes_equal_one(tmp_path):
     p2 = checkpoints.restore_params(os.path.join(multi, "checkpoints"), abstract)
     for x, y in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
         np.testing.assert_allclose(np.asarray(y), np.asarray(x), atol=1e-5)
+
+
+def test_regmix_small_runs_are_shared_out_between_hosts(tmp_path):
+    """Two processes: every DoReMi stage and main model spans both; RegMix's small runs
+    go one per host (run i on host i mod 2, on its own 4 devices), and both hosts read
+    every run's result for the fit."""
+    from test_command_line import SHRINK
+
+    workdir = str(tmp_path / "pipeline")
+    out = subprocess.run(
+        ["bash", "launch/multiprocess_cpu.sh", "-n", "2", "-d", "4", "-p", str(free_port()), "pipeline",
+         "--gin_file=gin/experiments/compare_demo.gin", *SHRINK, "--gin.TRAIN_STEPS=4",
+         "--gin.regmix/TRAIN_STEPS=6", "--gin.RegMixConfig.runs=4", "--gin.run_pipeline.methods=['regmix']",
+         "--gin.run_pipeline.main_seeds=[]", "--gin.main/DownstreamConfig.tasks=[]",
+         "--gin.TrainConfig.tensorboard=False", f"--workdir={workdir}"],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+        env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    def processes(stage):
+        return json.load(open(os.path.join(workdir, stage, "summary.json")))["processes"]
+
+    assert [processes(f"regmix/run_{i:03d}") for i in range(4)] == [[0], [1], [0], [1]]
+    for stage in ("round_1/reference", "round_1/proxy", "main_doremi", "main_baseline", "main_regmix"):
+        assert processes(stage) == [0, 1], stage
+    runs = json.load(open(os.path.join(workdir, "regmix", "runs.json")))["runs"]
+    assert [r["run"] for r in runs] == [0, 1, 2, 3] and all(np.isfinite(r["target_loss"]) for r in runs)
+    for i, run in enumerate(runs):  # each host's run is its own, on its own mixture
+        summary = json.load(open(os.path.join(workdir, f"regmix/run_{i:03d}", "summary.json")))
+        assert summary["step"] == 6 and summary["sampling_weights"] == pytest.approx(run["mixture"], abs=1e-6)
+        assert len(os.listdir(os.path.join(workdir, f"regmix/run_{i:03d}", "checkpoints"))) >= 1

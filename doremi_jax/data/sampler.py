@@ -82,19 +82,34 @@ class MixtureSampler:
             span = min(length + 1, end - start)
         return window(stream, start, span, length)
 
-    def batch(self, step: int, rows: Sequence[int], weights: np.ndarray) -> dict[str, np.ndarray]:
-        """The given global rows of step `step`'s batch, sampled by `weights` (float[k])."""
+    def _rng(self, step: int, row: int) -> np.random.Generator:
+        return np.random.default_rng([*self.seed, int(step), int(row)])
+
+    def domains(self, step: int, rows: Sequence[int], weights: np.ndarray) -> np.ndarray:
+        """The domain of each of the given global rows of step `step`, int[len(rows)]: the
+        only part of a row the weights decide (its window is drawn after, from the row's
+        own generator, whatever the domain)."""
         weights = np.asarray(weights, np.float64)
+        if self.stratified_batch:
+            strata = stratified_domains(self.seed, step, weights, self.stratified_batch)
+            return np.asarray([strata[r] for r in rows], np.int64)
         cdf = np.cumsum(weights / weights.sum())
-        strata = stratified_domains(self.seed, step, weights, self.stratified_batch) if self.stratified_batch else None
+        draws = np.asarray([self._rng(step, r).random() for r in rows])
+        return np.minimum(np.searchsorted(cdf, draws, side="right"), len(cdf) - 1)
+
+    def batch(
+        self, step: int, rows: Sequence[int], weights: np.ndarray | None, domains: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """The given global rows of step `step`'s batch, sampled by `weights` (float[k]),
+        or with the rows' `domains` given (what `domains(step, rows, weights)` returns)."""
+        if domains is None:
+            domains = self.domains(step, rows, weights)
         out = {name: [] for name in FEATURES}
-        for r in rows:
-            rng = np.random.default_rng([*self.seed, int(step), int(r)])
-            if strata is not None:
-                domain = int(strata[r])
-            else:
-                domain = min(int(np.searchsorted(cdf, rng.random(), side="right")), len(cdf) - 1)
-            for name, value in self._row(rng, domain).items():
+        for r, domain in zip(rows, domains):
+            rng = self._rng(step, r)
+            if not self.stratified_batch:
+                rng.random()  # the domain's draw: the window comes from the same generator after it
+            for name, value in self._row(rng, int(domain)).items():
                 out[name].append(value)
             out["domain_ids"].append(np.full(self.sequence_length, domain, np.int32))
         return {name: np.stack(v) for name, v in out.items()}

@@ -21,8 +21,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from doremi_jax import checkpoints, fileio, metrics as metrics_lib, sharding
-from doremi_jax.data import inputs, sampler as sampler_lib, stats
+from doremi_jax import checkpoints, fileio, hosts, metrics as metrics_lib, sharding
+from doremi_jax.data import inputs, prefetch as prefetch_lib, sampler as sampler_lib, stats
 from doremi_jax.eval import downstream as downstream_lib, perplexity
 from doremi_jax.models import TransformerConfig, param_count
 from doremi_jax.train import memory, setup, workdir as workdir_lib
@@ -57,6 +57,9 @@ class TrainConfig:
     max_nonfinite_steps: int = 10
     tensorboard: bool = True  # summaries through clu (imports tensorflow); metrics.jsonl always
     device_memory_gib: float = 0.0  # > 0: fail before compiling if the estimate exceeds it
+    # Batches built ahead in a background thread (0: each when needed); the batches are
+    # the same either way (`data/prefetch.py`, live rates included).
+    prefetch: int = 2
     max_epochs: float = 4.0  # warn when the mixture repeats a domain more often than this
     cap_epochs: bool = False  # renormalize the sampling weights under max_epochs instead
 
@@ -96,6 +99,8 @@ def check_shapes(config: TrainConfig, model: TransformerConfig, dp: int, devices
             f"BATCH_SIZE={config.batch_size} is not divisible by the {dp} data-parallel {devices}"
             + (f" x {config.microbatches} microbatches" if config.microbatches > 1 else "")
         )
+    if config.prefetch < 0:
+        raise TrainingError(f"TrainConfig.prefetch={config.prefetch}: expected 0 (off) or more batches ahead")
     if config.eval_batch_size % dp:
         raise TrainingError(
             f"TrainConfig.eval_batch_size={config.eval_batch_size} is not divisible by the {dp} data-parallel {devices}"
@@ -137,7 +142,7 @@ def train(
     except MethodError as e:
         raise TrainingError(str(e)) from None
     downstream_lib.check_tasks(downstream.tasks)
-    primary = jax.process_index() == 0
+    primary = hosts.primary()
     if not eval_only:
         workdir_lib.check_writable(workdir)
 
@@ -273,10 +278,10 @@ def train(
     )
     rows = sharding.local_batch_rows(device_mesh, config.batch_size)
     live_rates = method.live_rates
+    prefetcher = prefetch_lib.Prefetcher(sampler, rows, config.prefetch, config.train_steps)
 
     def next_batch(step, weights):
-        local = sampler.batch(step, rows, weights)
-        return sharding.make_global_batch(device_mesh, local, config.batch_size)
+        return sharding.make_global_batch(device_mesh, prefetcher.get(step, weights), config.batch_size)
 
     if primary:
         # Rows past the checkpoint (a killed run's last steps) are trained again below.
@@ -289,7 +294,7 @@ def train(
     stop_early = method.early_stop()
 
     # --- The loop.
-    with sharding.activate(device_mesh, mesh.rules), _Preemption() as preemption:
+    with sharding.activate(device_mesh, mesh.rules), _Preemption() as preemption, prefetcher:
         weights = np.asarray(state.domain_weights) if live_rates else fixed_sampling
         batch = next_batch(start, weights) if start < config.train_steps else None
         pending = None  # the previous step's metrics, read one step late to keep the device busy
@@ -298,8 +303,8 @@ def train(
         while step < config.train_steps:
             state, step_metrics = run_step(state, batch)
             step += 1
-            # Build the next batch on the host while the device runs this step. Resample
-            # mode needs α_t first: its rates are a function of the train state.
+            # The next batch, built ahead by the prefetcher while the device ran; live
+            # rates (a function of the train state) wait for this step's state.
             if step < config.train_steps:
                 weights = np.asarray(state.domain_weights) if live_rates else fixed_sampling
                 batch = next_batch(step, weights)
@@ -352,6 +357,10 @@ def train(
             if primary:
                 workdir_lib.write_eval(workdir, result, summary.get("downstream"))
         writer.close()
+    # Which processes trained it: all of them, or one alone (hosts.alone).
+    summary["processes"] = sorted({int(d.process_index) for d in device_mesh.devices.flat})
+    summary["prefetch"] = {"depth": config.prefetch, "rows_built": prefetcher.rows_built,
+                           "rows_rebuilt": prefetcher.rows_rebuilt}
     summary["domains"] = list(domains)
     summary["sampling_weights"] = dict(zip(domains, np.asarray(fixed_sampling, float).tolist()))
     # The corpus's own rates (tokens per domain): what mixture searches start from.

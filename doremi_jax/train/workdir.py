@@ -7,9 +7,8 @@ import json
 import logging
 import os
 
-import jax
 
-from doremi_jax import checkpoints, fileio
+from doremi_jax import checkpoints, fileio, hosts
 from doremi_jax.train import setup
 
 
@@ -37,7 +36,7 @@ def check_identity(workdir: str, identity: dict, overwrite: bool, eval_only: boo
         changed = sorted(k for k in keys if previous.get(k) != identity.get(k))
         if overwrite and changed:
             logging.warning("overwrite=True: removing the previous run in %s", workdir)
-            if jax.process_index() == 0:
+            if hosts.primary():
                 for name in RUN_OUTPUTS:
                     fileio.remove(os.path.join(workdir, name))
             sync_hosts("overwrite")
@@ -46,16 +45,13 @@ def check_identity(workdir: str, identity: dict, overwrite: bool, eval_only: boo
                 f"workdir {workdir!r} holds another run (differs in {changed}); "
                 "use a new workdir or pass overwrite=True (--gin.train.overwrite=True)"
             )
-    if jax.process_index() == 0 and not eval_only:
+    if hosts.primary() and not eval_only:
         fileio.write_text_atomic(path, json.dumps(identity, indent=2, sort_keys=True))
 
 
 def sync_hosts(name: str) -> None:
-    """A barrier across processes (no-op on one host)."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
+    """A barrier across the run's processes (no-op on one host)."""
+    hosts.sync(name)
 
 
 def check_writable(workdir: str) -> None:
