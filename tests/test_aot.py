@@ -150,6 +150,37 @@ def test_aot_entry_compiles_every_stage_of_an_experiment(tmp_path):
     assert 0 < report["compute_days"] <= report["days"]
 
 
+def test_the_comparison_experiment_plans_odm_and_regmix_regmix_on_one_host(tmp_path):
+    """compare_demo.gin: the fixed mixtures' main models together, ODM's main models
+    (another step) apart, and RegMix's small runs, each on one host's chips of a
+    two-host slice (they are shared out between the hosts)."""
+    out = tmp_path / "aot.json"
+    result = run_aot(
+        "--gin_file=gin/experiments/compare_demo.gin", "--gin_file=gin/models/tiny.gin",
+        "--topology=v5p:2x2x2", "--num_domains=4", f"--json={out}",
+    )
+    assert result.returncode == 0, result.stderr
+    stages = {s["stage"]: s for s in json.loads(out.read_text())["stages"]}
+    assert list(stages) == ["reference", "proxy", "main", "main_odm", "regmix"]
+    # Three seeds of baseline, DoReMi, uniform and RegMix's mixture; of ODM; 16 small runs.
+    assert (stages["main"]["runs"], stages["main_odm"]["runs"], stages["regmix"]["runs"]) == (12, 3, 16)
+    assert stages["main_odm"]["run"] == "odm" and stages["regmix"]["train_steps"] == 100
+    assert stages["regmix"]["chips"] == 4 and stages["main"]["chips"] == 8
+    assert stages["regmix"]["topology"].startswith("one host of v5p:2x2x2")
+    # Two hosts train two small runs at once: 8 in turn of 16, on 4 chips each.
+    regmix = stages["regmix"]
+    step_s = regmix["steps"][0]["roofline"]["step_s"]
+    assert regmix["side_by_side"] == 2
+    assert regmix["days"] == pytest.approx(step_s * 100 * 8 / 86_400)
+    assert regmix["chip_days"] == pytest.approx(step_s * 100 * 16 * 4 / 86_400)
+    shared = run_aot(
+        "--gin_file=gin/experiments/compare_demo.gin", "--gin_file=gin/models/tiny.gin",
+        "--gin.RegMixConfig.spread_over_hosts=False", "--topology=v5p:2x2x2", "--num_domains=4", f"--json={out}",
+    )
+    assert shared.returncode == 0, shared.stderr
+    assert {s["stage"]: s for s in json.loads(out.read_text())["stages"]}["regmix"]["chips"] == 8
+
+
 def test_a_configuration_that_cannot_fit_is_reported_before_anything_runs(tmp_path):
     out = tmp_path / "aot.json"
     result = run_aot(

@@ -7,7 +7,7 @@ HBM (FITS / DOES NOT FIT), FLOPs, collectives, a roofline bound on the step time
 MFU, and the days the experiment would take. MaxText's `train_compile.py` idea.
 
   --topology=v5p:4x4x4            every stage on this slice
-  --topology=main=v5p:8x8x8       one stage kind (reference, proxy, main) on another
+  --topology=main=v5p:8x8x8       one stage kind (reference, proxy, main, main_odm, regmix) on another
   --slices=2                      multislice: that many slices joined over DCN
   --num_domains=22                k (The Pile's by default; only sizes a few vectors)
 
@@ -17,6 +17,7 @@ Needs libtpu (`pip install -e '.[tpu]'`); runs with JAX_PLATFORMS=cpu, set here.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -83,8 +84,14 @@ def run(files, bindings, rest):
             devices, chip = topology.devices(name, options["slices"])
         except topology.TopologyError as e:
             raise config.ConfigError(str(e)) from None
-        chips[plan.name] = chip
         names[plan.name] = name + (f" x{options['slices']}" if options["slices"] > 1 else "")
+        hosts = sorted({d.process_index for d in devices})
+        if plan.one_host and len(hosts) > 1:
+            # Shared out between the hosts: each run compiles for (and runs on) one host's chips.
+            devices = [d for d in devices if d.process_index == hosts[0]]
+            plans[plans.index(plan)] = plan = dataclasses.replace(plan, side_by_side=len(hosts))
+            names[plan.name] = f"one host of {names[plan.name]}"
+        chips[plan.name] = chip
         print(f"[{plan.name}] compiling for {names[plan.name]} ({len(devices)} chips): "
               f"{plan.model.num_layers} layers, d={plan.model.embed_dim}, batch {plan.config.batch_size} x "
               f"{plan.config.sequence_length}", flush=True)

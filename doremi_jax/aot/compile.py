@@ -52,6 +52,9 @@ class StagePlan:
     config: loop.TrainConfig
     method: MixtureMethod  # the mixture method (train/methods)
     runs: int = 1  # how many runs of this kind the experiment trains (rounds, both main models, seeds)
+    # Each run on one host's chips (RegMix's small runs, shared out between the hosts).
+    one_host: bool = False
+    side_by_side: int = 1  # runs trained at once (one per host, when one_host)
 
 
 @dataclasses.dataclass

@@ -28,8 +28,10 @@ def to_json(plans: Sequence[StagePlan], reports: Sequence[StepReport], chips: di
             steps.append(entry)
         train = steps[0]
         steps_run = plan.config.train_steps * plan.runs
-        days = train["roofline"]["step_s"] * steps_run / SECONDS_PER_DAY
-        compute_days = train["roofline"]["compute_s"] * steps_run / SECONDS_PER_DAY
+        # Runs side by side (one per host) take the time of the longest queue of them.
+        steps_in_turn = plan.config.train_steps * -(-plan.runs // plan.side_by_side)
+        days = train["roofline"]["step_s"] * steps_in_turn / SECONDS_PER_DAY
+        compute_days = train["roofline"]["compute_s"] * steps_in_turn / SECONDS_PER_DAY
         total_days += days
         total_compute_days += compute_days
         stages.append({
@@ -48,7 +50,8 @@ def to_json(plans: Sequence[StagePlan], reports: Sequence[StepReport], chips: di
             "steps": steps,
             "days": days,  # at the roofline estimate
             "compute_days": compute_days,  # at the bf16 peak: a strict lower bound
-            "chip_days": days * train["chips"],
+            "chip_days": train["roofline"]["step_s"] * steps_run / SECONDS_PER_DAY * train["chips"],
+            "side_by_side": plan.side_by_side,
         })
     return {
         "stages": stages,
