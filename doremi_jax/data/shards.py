@@ -73,9 +73,15 @@ class ShardTokens:
 
 def load_stream(shards, eos_id: int, feature: str = "targets") -> TokenStream:
     """The split's stream from its shards' length files: no record is read here."""
-    lengths = np.concatenate([_lengths(p) for p in shards]) if shards else np.zeros(0, np.int64)
-    starts = np.r_[0, np.cumsum(lengths)[:-1]].astype(np.int64) if lengths.size else np.zeros(0, np.int64)
-    total = int(lengths.sum())
+    # The document starts are the one thing held per document (8 bytes each): built shard
+    # by shard, so start-up holds at most twice that, never the lengths besides.
+    ends, total = [np.zeros(1, np.int64)], 0
+    for path in shards:
+        shard_ends = np.cumsum(_lengths(path), dtype=np.int64)
+        shard_ends += total
+        total = int(shard_ends[-1]) if shard_ends.size else total
+        ends.append(shard_ends)
+    starts = np.concatenate(ends)[:-1]
     # No text to count here: a token stands for one byte in bits-per-byte, as for
     # other pre-tokenized data.
     return TokenStream(ShardTokens(shards, starts, total, eos_id, feature), starts, total)
