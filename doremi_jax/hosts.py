@@ -48,10 +48,3 @@ def sync(name: str) -> None:
 
         multihost_utils.sync_global_devices(name)
 
-
-def sync_all(name: str) -> None:
-    """A barrier across every process, alone or not (after a share of independent runs)."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)

@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
 from typing import Any, Sequence
 
 import jax
@@ -123,12 +124,19 @@ class Stage:
             check_macros=check_macros, model_dir=self.workdir,
         )
 
+    def fingerprint(self) -> str:
+        """What the stage's run depends on: its parsed config and its inputs."""
+        self.parse()
+        return hashlib.sha256(f"{config.fingerprint()}|{self.upstream}".encode()).hexdigest()[:16]
+
+    def is_done(self, fingerprint: str) -> bool:
+        previous = json.loads(fileio.read_text(self.record)) if fileio.exists(self.record) else {}
+        return previous.get("fingerprint") == fingerprint and bool(previous.get("done"))
+
     def run(self) -> tuple[dict, str]:
         """Train (or skip); returns the run summary and this stage's fingerprint."""
-        self.parse()
-        fingerprint = hashlib.sha256(f"{config.fingerprint()}|{self.upstream}".encode()).hexdigest()[:16]
-        previous = json.loads(fileio.read_text(self.record)) if fileio.exists(self.record) else {}
-        if previous.get("fingerprint") == fingerprint and previous.get("done"):
+        fingerprint = self.fingerprint()
+        if self.is_done(fingerprint):
             print(f"[{self.name}] done with the same configuration: skipped", flush=True)
             return self.summary(), fingerprint
         run_record = os.path.join(self.workdir, "run.json")
@@ -397,7 +405,14 @@ def run_regmix(stages: "StageFactory", cfg: RegMixConfig, workdir: str, natural_
         elif i % hosts_count == me:
             with hosts.alone():
                 stage.run()
-    hosts.sync_all("regmix small runs")  # every host's share is in the workdir
+    if spread:
+        # Every host's share must be in the workdir. Waited for through the stages'
+        # records rather than a device barrier: one host's share may take far longer
+        # than another's (a collective would time out), and a record from an earlier
+        # configuration does not count (its fingerprint differs).
+        fingerprints = [stage.fingerprint() for stage in small_runs]
+        while not all(stage.is_done(f) for stage, f in zip(small_runs, fingerprints)):
+            time.sleep(2.0)
     runs, flops = [], 0.0
     for i, (stage, mixture) in enumerate(zip(small_runs, mixtures)):
         summary = stage.summary()
