@@ -12,7 +12,6 @@ import os
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 from doremi_jax import fileio, hosts
@@ -23,43 +22,38 @@ class CheckpointError(RuntimeError):
 
 
 class Checkpointer:
+    """Orbax's CheckpointManager. A run alone on its host (`hosts.alone`, RegMix's small
+    runs on several hosts) keeps no checkpoint: orbax's multi-process save of a state held
+    by a process other than 0 alone did not restore (its OCDBT merge and its primary-host
+    writes assume process 0), and those runs are short; a killed one trains again from
+    step 0, a finished one is skipped by the pipeline."""
+
     def __init__(self, directory: str, max_to_keep: int = 3, asynchronous: bool = True):
         self.directory = fileio.absolute(directory)
+        self._manager = None
         if hosts.is_alone():
-            fileio.makedirs(self.directory)  # orbax creates it only when every host takes part
+            return
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
-            create=not hosts.is_alone(),
+            create=True,
             enable_async_checkpointing=asynchronous,
             cleanup_tmp_directories=True,
-            # A run alone on this host (hosts.alone) saves without the other hosts.
-            multiprocessing_options=ocp.options.MultiprocessingOptions(
-                primary_host=jax.process_index(), active_processes={jax.process_index()}
-            ) if hosts.is_alone() else ocp.options.MultiprocessingOptions(),
         )
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_handlers=ocp.PyTreeCheckpointHandler()
         )
 
     def latest_step(self) -> int | None:
-        return self._manager.latest_step()
+        return self._manager.latest_step() if self._manager else None
 
     def save(self, step: int, state: Any, force: bool = False) -> bool:
-        if hosts.is_alone():
-            # Orbax refuses a jax.Array held by one process when there are several
-            # (it expects pmap's host-local arrays there): a run alone saves host copies.
-            state = jax.device_get(state)
+        if self._manager is None:
+            return False
         return self._manager.save(step, args=ocp.args.PyTreeSave(state), force=force)
 
     def restore(self, abstract_state: Any, step: int | None = None) -> Any:
         """Restore into the shapes, dtypes and shardings of `abstract_state`."""
         step = self.latest_step() if step is None else step
-        if hosts.is_alone():  # saved as host copies (`save`), put back on this run's devices
-            restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract_state)
-            restored = self._manager.restore(
-                step, args=ocp.args.PyTreeRestore(item=abstract_state, restore_args=restore_args)
-            )
-            return jax.device_put(restored, jax.tree.map(lambda x: x.sharding, abstract_state))
         restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_state)
         return self._manager.restore(
             step, args=ocp.args.PyTreeRestore(item=abstract_state, restore_args=restore_args)
@@ -73,7 +67,7 @@ class Checkpointer:
         the run can save that step again) with a warning, and the previous kept one is
         tried: a run loses the steps since that checkpoint, never its progress.
         """
-        for step in sorted(self._manager.all_steps(), reverse=True):
+        for step in sorted(self._manager.all_steps() if self._manager else (), reverse=True):
             try:
                 return self.restore(abstract_state, step), step
             except Exception as e:  # orbax raises many types for a damaged checkpoint
@@ -89,11 +83,13 @@ class Checkpointer:
         return abstract_state, None
 
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        if self._manager:
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        if self._manager:
+            self._manager.wait_until_finished()
+            self._manager.close()
 
 
 def restore_params(directory: str, abstract_params: Any) -> Any:

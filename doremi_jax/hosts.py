@@ -4,7 +4,8 @@ Every host runs the same program. A run normally spans them all: its mesh holds 
 device, process 0 writes the run's files and the hosts meet at barriers. Runs that are
 independent of each other (RegMix's small runs) can instead go one per host at a time:
 inside `alone()` a run's mesh is this process's own devices, this process writes its
-files and checkpoints, and no barrier waits for the other hosts.
+files, no barrier waits for the other hosts, and it keeps no checkpoint
+(`checkpoints.Checkpointer`).
 """
 
 from __future__ import annotations
