@@ -19,7 +19,7 @@ from doremi_jax.train.state import OptimizerConfig, make_optimizer
 
 from conftest import REPO
 from helpers import TINY, write_three_domain_corpus
-from test_command_line import run_entry
+from test_command_line import one_line_error, run_entry, train
 
 K = 4
 
@@ -181,14 +181,9 @@ def test_the_readme_odm_command_runs_and_resumes(tmp_path):
 
 
 def test_bad_odm_settings_are_one_line_and_write_nothing(tmp_path, capsys):
-    from doremi_jax import cli
-    from doremi_jax.train import __main__ as train_main
-
     workdir = tmp_path / "bad"
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(train_main.run, ["--gin_file=gin/runs/odm.gin", "--gin_file=gin/models/tiny.gin",
-                                  "--gin.OnlineDataMixing.smoothing=1.5", f"--workdir={workdir}"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert exit_info.value.code == 1 and len(err) == 1
-    assert "OnlineDataMixing.smoothing=1.5: expected 0 <= smoothing < 1" in err[0]
+    code, err = train(["--gin_file=gin/runs/odm.gin", "--gin_file=gin/models/tiny.gin",
+                       "--gin.OnlineDataMixing.smoothing=1.5", f"--workdir={workdir}"], capsys)
+    assert code == 1
+    one_line_error(err, "OnlineDataMixing.smoothing=1.5: expected 0 <= smoothing < 1")
     assert not (workdir / "run.json").exists() and not (workdir / "checkpoints").exists()

@@ -13,7 +13,7 @@ from doremi_jax.data.prefetch import Prefetcher
 from doremi_jax.data.sampler import MixtureSampler
 
 from helpers import write_three_domain_corpus
-from test_command_line import run_entry
+from test_command_line import one_line_error, run_entry, train
 
 
 def streams(k=4, n=5000):
@@ -98,13 +98,9 @@ def test_a_live_rate_run_is_the_same_with_and_without_prefetch(tmp_path):
 
 
 def test_a_negative_prefetch_is_refused(tmp_path, capsys):
-    from doremi_jax import cli
-    from doremi_jax.train import __main__ as train_main
-
     workdir = tmp_path / "bad"
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(train_main.run, ["--gin_file=gin/runs/lm.gin", "--gin_file=gin/models/tiny.gin",
-                                  "--gin.TrainConfig.prefetch=-1", f"--workdir={workdir}"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert exit_info.value.code == 1 and len(err) == 1 and "TrainConfig.prefetch=-1" in err[0], err
+    code, err = train(["--gin_file=gin/runs/lm.gin", "--gin_file=gin/models/tiny.gin",
+                       "--gin.TrainConfig.prefetch=-1", f"--workdir={workdir}"], capsys)
+    assert code == 1
+    one_line_error(err, "TrainConfig.prefetch=-1")
     assert not (workdir / "run.json").exists()
