@@ -3,7 +3,9 @@ the same steps, batch and seeds, against the natural (baseline) one; and what ea
 method spent to choose its mixture, as a fraction of one main run's training FLOPs.
 
 Built from the pipeline's per-seed comparisons (`report.compare`, one per method and
-seed, each against the baseline of the same seed); rendered into report.md.
+seed, each against the baseline of the same seed) and their verdicts (`report.judge`);
+rendered into report.md. Validation chooses the candidate for best; the verdict split
+(test where the corpus has one) judges it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from doremi_jax.eval import verdicts
+from doremi_jax.train.workdir import read_documents
 
 LABELS = {"baseline": "natural (baseline)", "doremi": "DoReMi", "uniform": "uniform", "odm": "ODM", "regmix": "RegMix"}
 # Where the FLOPs of choosing come from, for the table's last column.
@@ -23,91 +28,116 @@ SEARCH = {
 }
 
 
-def _stats(values: Sequence[float]) -> dict[str, Any]:
-    v = np.asarray(values, np.float64)
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "values": v.tolist()}
-
-
-def _row(runs: Sequence[Mapping[str, Any]], domains: Sequence[str]) -> dict[str, Any]:
-    """Mean and spread over seeds of one method's main models (each seed's eval result)."""
-    row = {
-        "average": _stats([r["average"] for r in runs]),
-        "worst": _stats([r["worst"]["log_perplexity"] for r in runs]),
-        "log_perplexity": {d: _stats([r["log_perplexity"][d] for r in runs]) for d in domains},
+def _row(pairs: Sequence[Mapping[str, Any]], key: str, domains: Sequence[str]) -> dict[str, Any]:
+    """Mean over seeds of one method's main models (`key` in each seed's pair): on the
+    split verdicts are read from, and the validation average that chooses."""
+    runs = [p[key] for p in pairs]
+    return {
+        "average": float(np.mean([r["average"] for r in runs])),
+        "worst": float(np.mean([r["worst"]["log_perplexity"] for r in runs])),
+        "log_perplexity": {d: float(np.mean([r["log_perplexity"][d] for r in runs])) for d in domains},
+        "validation_average": float(np.mean([p["validation"][key]["average"] for p in pairs])),
     }
-    return row
 
 
-def build(evaluation: Mapping[str, Any], doremi_pairs: Sequence[Mapping[str, Any]],
-          extra: Mapping[str, Sequence[Mapping[str, Any]]], search_flops: Mapping[str, float],
+def _documents(pairs, key: str, split: str, domains: Sequence[str]):
+    docs = [read_documents(p["workdirs"][key], split, domains) for p in pairs]
+    if any(d is None for d in docs):  # runs from before the documents were kept: no held-out part
+        return [{d: (np.asarray([p[key]["log_perplexity"][d]]), np.asarray([1])) for d in domains} for p in pairs]
+    return docs
+
+
+def build(pairs: Mapping[str, Sequence[Mapping[str, Any]]], judged: Mapping[str, Mapping[str, Any]],
+          weights: Mapping[str, Mapping[str, float]], search_flops: Mapping[str, float],
           main_flops: float) -> dict[str, Any]:
-    """eval.json's "comparison": per method (the baseline, DoReMi and `extra`'s), the
-    log-perplexities' mean and spread over seeds, the cloze accuracy when evaluated, its
-    weights and its search cost."""
-    domains = doremi_pairs[0]["domains"]
-    per_method = {"baseline": [p["baseline"] for p in doremi_pairs], "doremi": [p["doremi"] for p in doremi_pairs]}
-    accuracy = {"baseline": [_cloze(p, "baseline") for p in doremi_pairs], "doremi": [_cloze(p, "doremi") for p in doremi_pairs]}
-    weights = {"baseline": evaluation["baseline_weights"], "doremi": evaluation["doremi_weights"]}
-    for m, pairs in extra.items():
-        per_method[m] = [p[m] for p in pairs]
-        accuracy[m] = [_cloze(p, m) for p in pairs]
-        weights[m] = pairs[0]["weights"]
-    rows = {}
-    for m, runs in per_method.items():
-        row = _row(runs, domains)
-        scored = [a for a in accuracy[m] if a is not None]
-        if scored:
-            row["cloze_accuracy"] = _stats(scored)
-        row["weights"] = dict(weights[m])
-        row["search_flops"] = float(search_flops.get(m, 0.0))
-        row["search_fraction_of_main_run"] = row["search_flops"] / main_flops if main_flops else None
-        rows[m] = row
-    best = min(rows, key=lambda m: rows[m]["average"]["mean"])
+    """eval.json's "comparison". `pairs`: per method, its per-seed pairs against the
+    baseline (`report.compare`, seeds in the same order for every method); `judged`:
+    per method, `report.judge` of those pairs.
+
+    Per mixture (the baseline's included): the log-perplexities' mean over seeds on the
+    verdict split, the validation average, the change against the baseline with its 95%
+    interval, the cloze accuracy when evaluated, its weights and its search cost. The
+    best: the mixture with the lowest validation average is the candidate (validation
+    chooses); it is named best only when, on the verdict split, its average against
+    every other mixture's has a 95% interval below zero (all must hold, so no
+    correction is needed); the others whose interval includes zero are tied with it."""
+    methods = list(pairs)
+    first = pairs[methods[0]]
+    domains, split = first[0]["domains"], first[0]["split"]
+    rows = {"baseline": _row(first, "baseline", domains)}
+    runs = {"baseline": _documents(first, "baseline", split, domains)}
+    for m in methods:
+        rows[m] = _row(pairs[m], m, domains)
+        rows[m]["change"] = judged[m]["average"]["change"]
+        runs[m] = _documents(pairs[m], m, split, domains)
+        cloze = judged[m].get("downstream", {}).get("cloze")
+        if cloze:
+            rows[m]["cloze_accuracy"] = cloze[m]
+            rows[m]["cloze_change"] = cloze["change"]
+            rows.setdefault("baseline", {})["cloze_accuracy"] = cloze["baseline"]
+    for m in rows:
+        rows[m]["weights"] = dict(weights[m])
+        rows[m]["search_flops"] = float(search_flops.get(m, 0.0))
+        rows[m]["search_fraction_of_main_run"] = rows[m]["search_flops"] / main_flops if main_flops else None
+    candidate = min(rows, key=lambda m: rows[m]["validation_average"])
+    against = {
+        m: verdicts.log_perplexity_changes(runs[candidate], runs[m], domains)["average"]
+        for m in rows if m != candidate
+    }
     return {
         "domains": list(domains),
-        "seeds": [p["seed"] for p in doremi_pairs],
+        "split": split,
+        "seeds": [p.get("seed") for p in first],
         "main_run_flops": main_flops,
         "methods": rows,
-        "best_average": best,
-        # Methods whose mean average log-perplexity is within the best's spread over seeds
-        # (sample std; 0 with one seed): not distinguishable from the best by these seeds.
-        "tied_with_best": [m for m in rows if m != best and rows[m]["average"]["mean"]
-                           - rows[best]["average"]["mean"] <= max(rows[best]["average"]["std"], rows[m]["average"]["std"])],
+        "candidate": candidate,
+        "candidate_against": {m: i.to_json() for m, i in against.items()},
+        "best_average": candidate if all(i.verdict() == "better" for i in against.values()) else None,
+        "tied_with_best": [m for m, i in against.items() if i.verdict() != "better"],
     }
-
-
-def _cloze(pair: Mapping[str, Any], key: str) -> float | None:
-    task = (pair.get("downstream") or {}).get("cloze")
-    return None if task is None else task.get(key)
 
 
 def table(comparison: Mapping[str, Any]) -> str:
-    """The comparison as markdown: log-perplexity and accuracy (mean ± std over seeds),
-    the cost of choosing the mixture, then the weights side by side."""
+    """The comparison as markdown: log-perplexity on the verdict split (mean over seeds),
+    the change against the baseline with its 95% interval, accuracy, the cost of
+    choosing the mixture, then who is best and the weights side by side."""
     methods, domains = comparison["methods"], comparison["domains"]
     n = len(comparison["seeds"])
+    split = comparison["split"]
 
-    def cell(s):
-        return f"{s['mean']:.4f} ± {s['std']:.4f}" if n > 1 else f"{s['mean']:.4f}"
+    def change(r, key="change", digits=4):
+        return verdicts.Interval.from_json(r[key]).text(digits) if key in r else "-"
 
     has_cloze = any("cloze_accuracy" in r for r in methods.values())
-    head = ["mixture", "average log-ppl", "worst log-ppl", *(["cloze accuracy"] if has_cloze else []),
+    head = ["mixture", "validation average", f"{split} average", "change [95% interval]", f"{split} worst",
+            *(["cloze accuracy", "cloze change [95% interval]"] if has_cloze else []),
             "cost of choosing (x one main run)"]
-    lines = [f"Main models on each mixture; mean ± standard deviation over {n} seed(s); lower log-perplexity is better.",
+    lines = [f"Main models on each mixture; mean over {n} seed(s); log-perplexity in nats per token, lower is "
+             f"better; changes against the baseline, paired by seed, on the {split} split.",
              "", "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for m, r in methods.items():
         frac = r["search_fraction_of_main_run"]
         cost = f"{frac:.2f} ({SEARCH.get(m, '')})" if frac else f"0 ({SEARCH.get(m, '')})"
-        cloze = [cell(r["cloze_accuracy"]) if "cloze_accuracy" in r else "-"] if has_cloze else []
-        lines.append(f"| {LABELS.get(m, m)} | {cell(r['average'])} | {cell(r['worst'])} | " + " | ".join([*cloze, cost]) + " |")
-    best = LABELS.get(comparison["best_average"], comparison["best_average"])
-    tied = [LABELS.get(m, m) for m in comparison["tied_with_best"]]
-    lines += ["", f"Lowest mean average log-perplexity: {best}"
-              + (f"; within its spread over seeds: {', '.join(tied)} (not distinguishable by these seeds)." if tied else ".")]
+        cloze = ([f"{r['cloze_accuracy']:.3f}" if "cloze_accuracy" in r else "-", change(r, "cloze_change", 3)]
+                 if has_cloze else [])
+        lines.append(f"| {LABELS.get(m, m)} | {r['validation_average']:.4f} | {r['average']:.4f} | {change(r)} | "
+                     f"{r['worst']:.4f} | " + " | ".join([*cloze, cost]) + " |")
+    candidate = LABELS.get(comparison["candidate"], comparison["candidate"])
+    against = ", ".join(f"{LABELS.get(m, m)} {verdicts.Interval.from_json(i).text()}"
+                        for m, i in comparison["candidate_against"].items())
+    if comparison["best_average"]:
+        verdict = (f"Best average: {candidate}, chosen on validation and lower on {split} than every other mixture, "
+                   f"each 95% interval below zero ({candidate} minus: {against}).")
+    else:
+        tied = ", ".join(LABELS.get(m, m) for m in comparison["tied_with_best"])
+        verdict = (f"No mixture is best beyond noise: {candidate} has the lowest validation average, and on {split} "
+                   f"its difference from {tied} has a 95% interval that does not exclude zero or favours the other "
+                   f"({candidate} minus: {against}).")
+    lines += ["", verdict]
     lines += ["", "| domain | " + " | ".join(LABELS.get(m, m) for m in methods) + " |",
               "|---|" + "---:|" * len(methods)]
     for d in domains:
-        lines.append(f"| {d} log-ppl | " + " | ".join(cell(methods[m]["log_perplexity"][d]) for m in methods) + " |")
+        lines.append(f"| {d} log-ppl | " + " | ".join(f"{methods[m]['log_perplexity'][d]:.4f}" for m in methods) + " |")
     for d in domains:
         lines.append(f"| {d} weight | " + " | ".join(f"{methods[m]['weights'][d]:.4f}" for m in methods) + " |")
     return "\n".join(lines)

@@ -1,8 +1,9 @@
 """`python -m doremi_jax.evaluate --gin_file=... [--gin.NAME=VALUE] --workdir=DIR [--fewshot=TASKS]`.
 
 Per-domain log-perplexity (nats per token and bits per byte), the average and the
-worst domain, of the latest checkpoint in DIR, on the held-out split; printed as a
-table and written to DIR/eval_results.json. Use the gin files the run was trained with.
+worst domain, of the latest checkpoint in DIR, on the held-out splits; printed as
+tables and written to DIR/eval_results.json (validation) and DIR/test_results.json (test,
+when the corpus has one). Use the gin files the run was trained with.
 
 `--fewshot=cloze,trivia_qa,...` also decodes greedily and scores downstream accuracy:
 `cloze` (from the corpus's held-out documents, no download) and the one-shot TFDS tasks
@@ -65,7 +66,11 @@ def run(files, bindings, rest):
         fewshot = [f"DownstreamConfig.tasks = {[str(t) for t in tasks]!r}"]
     config.parse([], [], files, [*bindings, *fewshot], model_dir=workdir)
     summary = config.configurable("train")(workdir, eval_only=True)
+    print("validation:", flush=True)
     print(format_results(summary["step"], summary["eval"]), flush=True)
+    if "test" in summary:
+        print("test:", flush=True)
+        print(format_results(summary["step"], summary["test"]), flush=True)
     if "downstream" in summary:
         print(format_downstream(summary["downstream"]), flush=True)
 

@@ -23,6 +23,9 @@ def token_losses(model, params, batch: Batch) -> jax.Array:
 
 
 def eval_step(params, batch: Batch, *, model, num_domains: int):
-    """Per-domain sum of token losses (nats) and token counts over one batch."""
+    """Per-domain sum of token losses (nats) and token counts over one batch, and the
+    scored token losses, float32[batch, length] (0 where not scored), which the
+    evaluator sums per held-out document for the verdicts' intervals."""
     tl = token_losses(model, params, batch)
-    return dro.domain_sums(tl, batch["domain_ids"], batch["decoder_loss_weights"], num_domains)
+    sums, counts = dro.domain_sums(tl, batch["domain_ids"], batch["decoder_loss_weights"], num_domains)
+    return sums, counts, tl * batch["decoder_loss_weights"]

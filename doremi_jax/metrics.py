@@ -17,6 +17,12 @@ import numpy as np
 from doremi_jax import fileio
 
 
+def eval_prefix(split: str) -> str:
+    """The metrics rows' prefix of a held-out split's evaluations: `eval/` for
+    validation (what chooses), `test/` for test (where results are judged)."""
+    return "eval" if split == "validation" else split
+
+
 def _scalar_items(metrics: Mapping, domains: Sequence[str]):
     for name, value in metrics.items():
         value = np.asarray(value)

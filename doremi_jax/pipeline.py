@@ -251,7 +251,7 @@ def run_pipeline(
     `config_text` (the pipeline's parsed gin) is written to workdir/pipeline.gin once
     every stage's gin has parsed. `main_seeds`: with two or more, every main model is
     trained once per seed (folders main_doremi_seed<s>, main_baseline_seed<s>, ...) and
-    the comparison gives the mean and spread over seeds; empty (default), one of each
+    the verdicts (eval.json "verdicts", `report.judge`) pair them by seed; empty (default), one of each
     with the runs' own SEED. `methods`: more main models beside DoReMi's and the
     baseline's, on the same steps, batch and seeds, each compared with the baseline and
     all of them side by side (eval.json "comparison", report.md): `uniform` (fixed
@@ -333,7 +333,7 @@ def run_pipeline(
         baseline_summary, _ = baseline_stage.run()
         pair = report.compare(doremi_stage.workdir, baseline_stage.workdir, doremi_summary, baseline_summary)
         pair["seed"] = seed
-        per_seed.append((pair, doremi_stage.workdir, baseline_stage.workdir))
+        per_seed.append(pair)
         for m in methods:
             weights, upstream, method = mixtures[m]
             stage = main_stage(f"main_{m}{suffix}", weights, upstream, seed, method=method)
@@ -344,37 +344,35 @@ def run_pipeline(
                 weights=summary.get("average_domain_weights") or summary["sampling_weights"],
             ))
 
-    first, doremi_dir, baseline_dir = per_seed[0]
-    evaluation = dict(first)  # the first seed's comparison, plus what follows
-    baseline = _weights_of(baseline_dir, domains)
+    first = per_seed[0]
+    evaluation = dict(first)  # the first seed's figures, plus the verdicts over every seed
+    baseline = _weights_of(first["workdirs"]["baseline"], domains)
     evaluation["baseline_weights"] = dict(zip(domains, baseline.tolist()))
     evaluation["doremi_weights"] = rounds[-1]["average_domain_weights"]
+    evaluation["verdicts"] = report.judge(per_seed)
     if len(per_seed) > 1:
-        evaluation["per_seed"] = [pair for pair, _, _ in per_seed]
-        evaluation["across_seeds"] = report.across_seeds(evaluation["per_seed"])
+        evaluation["per_seed"] = per_seed
     for m, pairs in extra.items():
-        evaluation[m] = pairs[0]
-        if len(pairs) > 1:
-            evaluation[m]["across_seeds"] = report.across_seeds(pairs)
+        evaluation[m] = dict(pairs[0], verdicts=report.judge(pairs))
     if regmix_record:
         evaluation["regmix_search"] = {k: v for k, v in regmix_record.items() if k != "weights_file"}
     if methods:
+        weights = {"baseline": evaluation["baseline_weights"], "doremi": evaluation["doremi_weights"],
+                   **{m: pairs[0]["weights"] for m, pairs in extra.items()}}
         evaluation["comparison"] = comparison.build(
-            evaluation, [pair for pair, _, _ in per_seed], extra, search_flops, main_flops,
+            {"doremi": per_seed, **extra}, {"doremi": evaluation["verdicts"], **{m: evaluation[m]["verdicts"] for m in extra}},
+            weights, search_flops, main_flops,
         )
     _write_json(os.path.join(workdir, "eval.json"), evaluation)
     if jax.process_index() == 0:
-        report.write_report(workdir, rounds, evaluation, doremi_dir, baseline_dir)
+        report.write_report(workdir, rounds, evaluation, first["workdirs"]["doremi"], first["workdirs"]["baseline"])
+        print(report.split_note(evaluation["split"]))
         print(report.weights_table(domains, baseline, rounds[-1]["average_domain_weights"]))
-        print(report.eval_table(evaluation))
-        if evaluation.get("across_seeds"):
-            print(report.seeds_table(evaluation["across_seeds"]))
+        print(report.verdicts_table(evaluation["verdicts"]))
         for m in methods:
-            print(report.eval_table(evaluation[m]))
+            print(report.verdicts_table(evaluation[m]["verdicts"]))
         if evaluation.get("comparison"):
             print(comparison.table(evaluation["comparison"]))
-        if evaluation.get("downstream"):
-            print(report.downstream_table(evaluation["downstream"], evaluation.get("downstream_average")))
         print(f"report: {os.path.join(workdir, 'report.md')}", flush=True)
     return evaluation
 

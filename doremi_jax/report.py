@@ -8,6 +8,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from doremi_jax import comparison, diagnostics, fileio, metrics
+from doremi_jax.eval import verdicts
+from doremi_jax.train.workdir import read_documents
 
 
 def _curve(workdir: str, key: str = "eval/log_perplexity/average") -> tuple[list[int], list[float]]:
@@ -20,167 +22,204 @@ def _curve(workdir: str, key: str = "eval/log_perplexity/average") -> tuple[list
     return steps, values
 
 
-def speedup(doremi_curve, baseline_curve, higher_is_better: bool = False) -> dict[str, Any]:
-    """Steps the DoReMi run needs to reach the baseline's final value (average
-    log-perplexity, or an accuracy with `higher_is_better`), and the ratio baseline
-    steps / those steps (the paper's "2.6x faster")."""
-    b_steps, b_values = baseline_curve
-    d_steps, d_values = doremi_curve
-    if not b_steps or not d_steps:
-        return {"steps_to_baseline": None, "speedup": None}
-    target = b_values[-1]
-    for step, value in zip(d_steps, d_values):
-        if (value >= target) if higher_is_better else (value <= target):
-            return {"steps_to_baseline": step, "speedup": b_steps[-1] / step, "baseline_final": target}
-    return {"steps_to_baseline": None, "speedup": None, "baseline_final": target}
+def _average_key(split: str) -> str:
+    return f"{metrics.eval_prefix(split)}/log_perplexity/average"
 
 
-def compare_downstream(doremi_dir: str, baseline_dir: str, d: Mapping, b: Mapping, method: str = "doremi") -> dict[str, Any]:
-    """Per task: both accuracies, per-domain ones for cloze, and the speedup read from
-    the accuracy-against-steps curves."""
-    out = {}
-    for task in d:
-        if task not in b:
-            continue
-        key = f"downstream/{task}"
-        out[task] = {
-            method: d[task]["accuracy"],
-            "baseline": b[task]["accuracy"],
-            "examples": d[task]["examples"],
-            **speedup(_curve(doremi_dir, key), _curve(baseline_dir, key), higher_is_better=True),
+def _judged(summary: Mapping) -> tuple[str, Mapping]:
+    """(split, result) a run is judged on: test when it was scored there, else validation."""
+    return ("test", summary["test"]) if "test" in summary else ("validation", summary["eval"])
+
+
+def compare(doremi_dir: str, baseline_dir: str, doremi_summary: Mapping, baseline_summary: Mapping,
+            method: str = "doremi") -> dict[str, Any]:
+    """One seed's main model trained by `method` beside the baseline main model: both
+    results on the split verdicts are read from (test when the corpus has one), the
+    validation results beside them, and the workdirs (their held-out documents and
+    curves feed `judge`)."""
+    split, d = _judged(doremi_summary)
+    _, b = _judged(baseline_summary)
+    domains = [x for x in d["log_perplexity"] if x in b["log_perplexity"]]  # scored in both
+    result = {
+        "method": method,
+        "split": split,
+        "domains": domains,
+        method: d,
+        "baseline": b,
+        "validation": {method: doremi_summary["eval"], "baseline": baseline_summary["eval"]},
+        "workdirs": {method: doremi_dir, "baseline": baseline_dir},
+    }
+    if "downstream" in doremi_summary and "downstream" in baseline_summary:
+        result["downstream"] = {
+            task: {method: r["accuracy"], "baseline": baseline_summary["downstream"][task]["accuracy"],
+                   "examples": r["examples"],
+                   **({"per_domain": {dom: {method: acc, "baseline": baseline_summary["downstream"][task]
+                                            .get("per_domain", {}).get(dom)}
+                                      for dom, acc in r["per_domain"].items()}} if "per_domain" in r else {})}
+            for task, r in doremi_summary["downstream"].items() if task in baseline_summary["downstream"]
         }
-        if "per_domain" in d[task]:
-            out[task]["per_domain"] = {
-                dom: {method: acc, "baseline": b[task]["per_domain"].get(dom)}
-                for dom, acc in d[task]["per_domain"].items()
-            }
+    return result
+
+
+def _from_results(pairs, key: str, domains: Sequence[str]):
+    """Held-out "documents" of one token each carrying a run's figure: the changes'
+    interval then has no held-out part (runs that did not write their documents)."""
+    return [{d: (np.asarray([p[key]["log_perplexity"][d]]), np.asarray([1])) for d in domains} for p in pairs]
+
+
+def judge(pairs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The verdicts of one method against the baseline over its seeds (each pair from
+    `compare`, paired by seed): per domain, the average and the worst case, each run's
+    mean over seeds and the change's 95% interval (seeds and held-out documents,
+    `eval.verdicts`); the domains better or worse (Holm-corrected); the speedup to the
+    baseline's final average log-perplexity; downstream accuracy changes."""
+    method, split = pairs[0]["method"], pairs[0]["split"]
+    domains = pairs[0]["domains"]
+    method_docs = [read_documents(p["workdirs"][method], split, domains) for p in pairs]
+    baseline_docs = [read_documents(p["workdirs"]["baseline"], split, domains) for p in pairs]
+    if any(x is None for x in method_docs + baseline_docs):
+        method_docs, baseline_docs = _from_results(pairs, method, domains), _from_results(pairs, "baseline", domains)
+    changes = verdicts.log_perplexity_changes(method_docs, baseline_docs, domains)
+
+    def entry(get, change):
+        return {method: float(np.mean([get(p[method]) for p in pairs])),
+                "baseline": float(np.mean([get(p["baseline"]) for p in pairs])),
+                "values": {method: [get(p[method]) for p in pairs], "baseline": [get(p["baseline"]) for p in pairs]},
+                "change": change.to_json()}
+
+    out = {
+        "method": method,
+        "split": split,
+        "seeds": [p.get("seed") for p in pairs],
+        "log_perplexity": {d: entry(lambda r, d=d: r["log_perplexity"][d], changes["per_domain"][d]) for d in domains},
+        "average": entry(lambda r: r["average"], changes["average"]),
+        "worst": entry(lambda r: r["worst"]["log_perplexity"], changes["worst"]),
+        "improved": changes["improved"],
+        "worse": changes["worse"],
+        "correction": "Holm",
+    }
+    held_out_noise = not any(read_documents(p["workdirs"][method], split, domains) is None for p in pairs)
+    out["held_out_noise"] = held_out_noise
+    out["documents"] = changes["documents"] if held_out_noise else {}
+    out["tokens"] = changes["tokens"] if held_out_noise else {}
+    key = _average_key(split)
+    out["speedup"] = verdicts.speedup([_curve(p["workdirs"][method], key) for p in pairs],
+                                      [_curve(p["workdirs"]["baseline"], key) for p in pairs])
+    if all("downstream" in p for p in pairs):
+        tasks = list(pairs[0]["downstream"])
+        out["downstream"] = {task: _accuracy_verdict(pairs, method, [task]) for task in tasks}
+        if len(tasks) > 1:
+            out["downstream_average"] = dict(_accuracy_verdict(pairs, method, tasks), tasks=tasks)
     return out
 
 
-def downstream_average(doremi_dir: str, baseline_dir: str, downstream: Mapping[str, Any],
-                       method: str = "doremi") -> dict[str, Any] | None:
-    """With two or more tasks: the unweighted mean accuracy over tasks of each model (the
-    paper's headline downstream figure), and the speedup read from the mean-over-tasks
-    curves (at the steps every task was evaluated)."""
-    tasks = list(downstream)
-    if len(tasks) < 2:
-        return None
+def _accuracy_verdict(pairs, method: str, tasks: Sequence[str]) -> dict[str, Any]:
+    """Accuracy (the mean over `tasks`) of both models over seeds, its change's interval
+    and the speedup read off the accuracy-against-steps curves."""
+    accuracy = {k: [float(np.mean([p["downstream"][t][k] for t in tasks])) for p in pairs] for k in (method, "baseline")}
+    # The mean of T tasks' accuracies has about the binomial variance of T x n examples.
+    examples = min(p["downstream"][t]["examples"] for p in pairs for t in tasks) * len(tasks)
 
-    def mean_curve(workdir):
+    def curve(workdir):
         curves = [dict(zip(*_curve(workdir, f"downstream/{t}"))) for t in tasks]
         common = sorted(set.intersection(*(set(c) for c in curves)))
         return common, [float(np.mean([c[step] for c in curves])) for step in common]
 
     return {
-        "tasks": tasks,
-        method: float(np.mean([downstream[t][method] for t in tasks])),
-        "baseline": float(np.mean([downstream[t]["baseline"] for t in tasks])),
-        **speedup(mean_curve(doremi_dir), mean_curve(baseline_dir), higher_is_better=True),
+        method: float(np.mean(accuracy[method])), "baseline": float(np.mean(accuracy["baseline"])),
+        "examples": examples,
+        "change": verdicts.accuracy_change(accuracy[method], accuracy["baseline"], examples).to_json(),
+        "speedup": verdicts.speedup([curve(p["workdirs"][method]) for p in pairs],
+                                    [curve(p["workdirs"]["baseline"]) for p in pairs], higher_is_better=True),
     }
+
+
+_WORDS = {
+    "better": "better than the baseline's: its 95% interval is below zero",
+    "worse": "worse than the baseline's: its 95% interval is above zero",
+    "within noise": "not distinguishable from the baseline's: its 95% interval includes zero",
+    "no interval": "without an interval (one seed and no held-out documents): no verdict",
+}
+
+
+def _sentence(name: str, change: Mapping[str, Any], label: str, unit: str = "nats",
+              lower_is_better: bool = True) -> str:
+    interval = verdicts.Interval.from_json(change)
+    word = _WORDS[interval.verdict(lower_is_better)]
+    return f"{label}'s {name} is {word} ({interval.text()} {unit})."
+
+
+def _speedup_line(sp: Mapping[str, Any], change: Mapping[str, Any], label: str, what: str,
+                  lower_is_better: bool = True) -> str | None:
+    """A speedup only for a change beyond noise, and only with its interval."""
+    if verdicts.Interval.from_json(change).verdict(lower_is_better) != "better":
+        return None
+    if sp.get("speedup") is None:
+        return (f"{label} reaches the baseline's final {what} with {sp['reached']} of {sp['seeds']} seeds: "
+                "no speedup figure (one needs every seed to reach it, and two or more seeds).")
+    high = "∞" if sp.get("speedup_high") is None else f"{sp['speedup_high']:.2f}x"
+    return (f"{label} reaches the baseline's final {what} at step {sp['mean_step']:.0f} "
+            f"[{sp['step_low']:.0f}, {sp['step_high']:.0f}] of {sp['baseline_steps']:.0f}: "
+            f"{sp['speedup']:.2f}x fewer steps [{sp['speedup_low']:.2f}x, {high}] (95% over seeds, "
+            "steps interpolated between evaluations).")
+
+
+def verdicts_table(summary: Mapping[str, Any]) -> str:
+    """`judge`'s verdicts as markdown: every change with its interval, words only where
+    the interval says so."""
+    n = len(summary["seeds"])
+    method = summary["method"]
+    label = LABELS.get(method, method)
+    seeds = ", ".join(str(s) for s in summary["seeds"] if s is not None)
+    noise = ("the spread over seeds and a bootstrap over the held-out documents"
+             if summary.get("held_out_noise") else "the spread over seeds only (the runs wrote no held-out documents)")
+    lines = [f"On the {summary['split']} split; mean over {n} seed(s){f' ({seeds})' if seeds else ''}; "
+             f"the change is paired by seed, with its 95% interval from {noise}.", "",
+             f"| domain | baseline log-ppl | {label} log-ppl | change [95% interval] | verdict | documents | tokens |",
+             "|---|---:|---:|---:|---|---:|---:|"]
+
+    def row(name, t, docs="", tokens=""):
+        verdict = verdicts.Interval.from_json(t["change"]).verdict()
+        return (f"| {name} | {t['baseline']:.4f} | {t[method]:.4f} | "
+                f"{verdicts.Interval.from_json(t['change']).text()} | {verdict} | {docs} | {tokens} |")
+
+    lines += [row(d, t, summary["documents"].get(d, ""), summary["tokens"].get(d, ""))
+              for d, t in summary["log_perplexity"].items()]
+    lines += [row("**average**", summary["average"]), row("**worst**", summary["worst"]), ""]
+    k = len(summary["log_perplexity"])
+    lines.append(f"Domains better (interval below zero, Holm-corrected over the {k} domains): "
+                 f"{len(summary['improved'])} of {k}"
+                 + (f" ({', '.join(summary['improved'])})" if summary["improved"] else "")
+                 + f"; worse: {len(summary['worse'])}"
+                 + (f" ({', '.join(summary['worse'])})" if summary["worse"] else "") + ".")
+    lines.append(_sentence("average log-perplexity", summary["average"]["change"], label))
+    lines.append(_sentence("worst-case log-perplexity", summary["worst"]["change"], label))
+    line = _speedup_line(summary["speedup"], summary["average"]["change"], label, "average log-perplexity")
+    if line:
+        lines.append(line)
+    downstream = dict(summary.get("downstream", {}))
+    if summary.get("downstream_average"):
+        downstream[f"mean over {len(summary['downstream_average']['tasks'])} tasks"] = summary["downstream_average"]
+    for task, r in downstream.items():
+        lines.append(_sentence(f"{task} accuracy ({r['baseline']:.3f} -> {r[method]:.3f}, {r['examples']} examples "
+                               "a run)", r["change"], label, unit="", lower_is_better=False).replace(" )", ")"))
+        line = _speedup_line(r["speedup"], r["change"], label, f"{task} accuracy", lower_is_better=False)
+        if line:
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def split_note(split: str) -> str:
+    """The report's first words on where its verdicts come from."""
+    if split == "test":
+        return ("Verdicts are on the corpus's test split; everything that chooses (RegMix's target, the "
+                "comparison's candidate for best) reads the validation split.")
+    return ("**This corpus has no test split: the verdicts below are on the validation split, the same split "
+            "used to choose (RegMix's target, the comparison's candidate for best), and so flatter the "
+            "chosen mixtures.** Give every domain a test split to judge on unseen documents.")
 
 
 LABELS = comparison.LABELS  # how the report names a method's main model
-
-
-def compare(doremi_dir: str, baseline_dir: str, doremi_summary: Mapping, baseline_summary: Mapping,
-            method: str = "doremi") -> dict[str, Any]:
-    """A main model trained by `method` against the baseline main model."""
-    d, b = doremi_summary["eval"], baseline_summary["eval"]
-    domains = [x for x in d["log_perplexity"] if x in b["log_perplexity"]]  # scored in both
-    improved = [x for x in domains if d["log_perplexity"][x] < b["log_perplexity"][x]]
-    result = {
-        "method": method,
-        "domains": domains,
-        method: d,
-        "baseline": b,
-        "domains_improved": len(improved),
-        "improved": improved,
-        **speedup(_curve(doremi_dir), _curve(baseline_dir)),
-    }
-    if "downstream" in doremi_summary and "downstream" in baseline_summary:
-        result["downstream"] = compare_downstream(
-            doremi_dir, baseline_dir, doremi_summary["downstream"], baseline_summary["downstream"], method
-        )
-        average = downstream_average(doremi_dir, baseline_dir, result["downstream"], method)
-        if average:
-            result["downstream_average"] = average
-    return result
-
-
-def _spread(values: Sequence[float]) -> dict[str, Any]:
-    v = np.asarray(values, np.float64)
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "values": v.tolist()}
-
-
-def across_seeds(per_seed: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Mean and spread over the main models' seeds (each seed a DoReMi/baseline pair
-    trained with the same seed): per domain, for the average and the worst case, of
-    each run and of their paired difference. The spread is the sample standard
-    deviation over seeds; a domain counts as improved (or worse) only when its mean
-    difference exceeds its spread; the speedup is given with its range."""
-    domains = per_seed[0]["domains"]
-    method = per_seed[0].get("method", "doremi")
-
-    def triple(get):
-        d = [get(e[method]) for e in per_seed]
-        b = [get(e["baseline"]) for e in per_seed]
-        return {method: _spread(d), "baseline": _spread(b), "change": _spread(np.subtract(d, b))}
-
-    per_domain = {dom: triple(lambda r, dom=dom: r["log_perplexity"][dom]) for dom in domains}
-    speedups = [e.get("speedup") for e in per_seed]
-    reached = [x for x in speedups if x]
-    return {
-        "method": method,
-        "seeds": [e["seed"] for e in per_seed],
-        "log_perplexity": per_domain,
-        "average": triple(lambda r: r["average"]),
-        "worst": triple(lambda r: r["worst"]["log_perplexity"]),
-        "improved": [d for d, t in per_domain.items() if t["change"]["mean"] < -t["change"]["std"]],
-        "worse": [d for d, t in per_domain.items() if t["change"]["mean"] > t["change"]["std"]],
-        "speedup": {"values": speedups, "min": min(reached) if reached else None, "max": max(reached) if reached else None,
-                    "seeds_reaching_baseline": len(reached)},
-    }
-
-
-def _verdict(name: str, change: Mapping[str, Any], label: str = "DoReMi") -> str:
-    mean, std = change["mean"], change["std"]
-    if mean < -std:
-        word = "lower than the baseline's, beyond the spread over seeds"
-    elif mean > std:
-        word = "higher than the baseline's, beyond the spread over seeds"
-    else:
-        word = "within the spread over seeds of the baseline's: not distinguishable from noise"
-    return f"{label}'s {name} log-perplexity is {word} ({mean:+.4f} ± {std:.4f} nats)."
-
-
-def seeds_table(summary: Mapping[str, Any]) -> str:
-    n = len(summary["seeds"])
-    method = summary.get("method", "doremi")
-    label = LABELS.get(method, method)
-    lines = [f"Mean ± standard deviation over {n} seeds ({', '.join(map(str, summary['seeds']))}); the change is "
-             "paired by seed.", "",
-             f"| domain | baseline log-ppl | {label} log-ppl | change |", "|---|---:|---:|---:|"]
-
-    def row(name, t):
-        b, d, c = t["baseline"], t[method], t["change"]
-        return f"| {name} | {b['mean']:.4f} ± {b['std']:.4f} | {d['mean']:.4f} ± {d['std']:.4f} | {c['mean']:+.4f} ± {c['std']:.4f} |"
-
-    lines += [row(dom, t) for dom, t in summary["log_perplexity"].items()]
-    lines += [row("**average**", summary["average"]), row("**worst**", summary["worst"]), ""]
-    k = len(summary["log_perplexity"])
-    lines.append(f"Domains improved beyond the spread: {len(summary['improved'])} of {k}"
-                 + (f" ({', '.join(summary['improved'])})" if summary["improved"] else "")
-                 + f"; worse beyond the spread: {len(summary['worse'])}"
-                 + (f" ({', '.join(summary['worse'])})" if summary["worse"] else "") + ".")
-    lines.append(_verdict("average", summary["average"]["change"], label))
-    lines.append(_verdict("worst-case", summary["worst"]["change"], label))
-    sp = summary["speedup"]
-    if sp["seeds_reaching_baseline"]:
-        lines.append(f"Speedup to the baseline's final average log-perplexity: {sp['min']:.2f}x to {sp['max']:.2f}x "
-                     f"({sp['seeds_reaching_baseline']} of {n} seeds reach it).")
-    else:
-        lines.append(f"{label} did not reach the baseline's final average log-perplexity with any seed.")
-    return "\n".join(lines)
 
 
 def weights_table(domains: Sequence[str], baseline, doremi: Mapping[str, float]) -> str:
@@ -192,11 +231,15 @@ def weights_table(domains: Sequence[str], baseline, doremi: Mapping[str, float])
 
 
 def eval_table(evaluation: Mapping[str, Any]) -> str:
+    """One seed's figures side by side (the verdicts, with intervals, are `verdicts_table`)."""
     method = evaluation.get("method", "doremi")
     label = LABELS.get(method, method)
     d, b = evaluation[method], evaluation["baseline"]
+    seed = evaluation.get("seed")
     lines = [
-        f"| domain | baseline log-ppl | {label} log-ppl | change |",
+        f"{evaluation['split'].capitalize()} split" + ("" if seed is None else f", seed {seed}") + ":",
+        "",
+        f"| domain | baseline log-ppl | {label} log-ppl | difference |",
         "|---|---:|---:|---:|",
     ]
     for dom in evaluation["domains"]:
@@ -208,50 +251,20 @@ def eval_table(evaluation: Mapping[str, Any]) -> str:
         f"{d['worst']['log_perplexity']:.4f} ({d['worst']['domain']}) | "
         f"{d['worst']['log_perplexity'] - b['worst']['log_perplexity']:+.4f} |"
     )
-    lines.append("")
     unscored = sorted(set(d.get("unscored", [])) | set(b.get("unscored", [])))
     if unscored:
-        lines.append(f"No held-out tokens, left out of the average and the worst case: {', '.join(unscored)}.")
-    lines.append(f"Domains improved: {evaluation['domains_improved']} of {len(evaluation['domains'])}.")
-    if evaluation.get("speedup"):
-        lines.append(
-            f"{label} reaches the baseline's final average log-perplexity at step "
-            f"{evaluation['steps_to_baseline']}: {evaluation['speedup']:.2f}x fewer steps."
-        )
-    else:
-        lines.append(f"{label} did not reach the baseline's final average log-perplexity within the run.")
+        lines += ["", f"No held-out tokens, left out of the average and the worst case: {', '.join(unscored)}."]
     return "\n".join(lines)
 
 
-def downstream_table(downstream: Mapping[str, Any], average: Mapping[str, Any] | None = None) -> str:
-    lines = ["| task | baseline accuracy | DoReMi accuracy | change | examples |", "|---|---:|---:|---:|---:|"]
+def downstream_table(downstream: Mapping[str, Any], method: str = "doremi") -> str:
+    """One seed's accuracies (the verdicts, with intervals, are `verdicts_table`)."""
+    label = LABELS.get(method, method)
+    lines = [f"| task | baseline accuracy | {label} accuracy | difference | examples |", "|---|---:|---:|---:|---:|"]
     for task, r in downstream.items():
         lines.append(
-            f"| {task} | {r['baseline']:.3f} | {r['doremi']:.3f} | {r['doremi'] - r['baseline']:+.3f} | {r['examples']} |"
+            f"| {task} | {r['baseline']:.3f} | {r[method]:.3f} | {r[method] - r['baseline']:+.3f} | {r['examples']} |"
         )
-        for dom, acc in r.get("per_domain", {}).items():
-            base = acc["baseline"]
-            lines.append(f"| &nbsp;&nbsp;{dom} | {base:.3f} | {acc['doremi']:.3f} | {acc['doremi'] - base:+.3f} | |")
-    if average:
-        a = average
-        lines.append(f"| **average over {len(a['tasks'])} tasks** | {a['baseline']:.3f} | {a['doremi']:.3f} | "
-                     f"{a['doremi'] - a['baseline']:+.3f} | |")
-    lines.append("")
-    if average:
-        if average.get("speedup"):
-            lines.append(f"Average over tasks: DoReMi reaches the baseline's final mean accuracy "
-                         f"({average['baseline_final']:.3f}) at step {average['steps_to_baseline']}: "
-                         f"{average['speedup']:.2f}x fewer steps.")
-        else:
-            lines.append("Average over tasks: DoReMi did not reach the baseline's final mean accuracy within the run.")
-    for task, r in downstream.items():
-        if r.get("speedup"):
-            lines.append(
-                f"{task}: DoReMi reaches the baseline's final accuracy ({r['baseline_final']:.3f}) at step "
-                f"{r['steps_to_baseline']}: {r['speedup']:.2f}x fewer steps."
-            )
-        else:
-            lines.append(f"{task}: DoReMi did not reach the baseline's final accuracy within the run.")
     return "\n".join(lines)
 
 
@@ -306,16 +319,19 @@ def write_report(workdir: str, rounds: list[dict], evaluation: Mapping[str, Any]
          "DoReMi": [evaluation["doremi"]["log_perplexity"][d] for d in domains]},
         "Per-domain log-perplexity of the main models (nats/token, lower is better)",
     )
-    d_curve, b_curve = _curve(doremi_dir), _curve(baseline_dir)
+    split = evaluation["split"]
+    d_curve, b_curve = _curve(doremi_dir, _average_key(split)), _curve(baseline_dir, _average_key(split))
     metrics.plot_lines(
         os.path.join(workdir, "average_log_perplexity.png"),
         {"baseline": b_curve, "DoReMi": d_curve},
-        "Average log-perplexity over training", "step", "average log-perplexity (nats/token)",
+        f"Average {split} log-perplexity over training", "step", "average log-perplexity (nats/token)",
         hline=(b_curve[1][-1], "baseline final") if b_curve[1] else None,
     )
 
     lines = [
         "# DoReMi report",
+        "",
+        split_note(split),
         "",
         "## Domain weights",
         "",
@@ -334,6 +350,8 @@ def write_report(workdir: str, rounds: list[dict], evaluation: Mapping[str, Any]
         *lambda_sections,
         "## Main models: DoReMi weights vs baseline weights",
         "",
+        verdicts_table(evaluation["verdicts"]),
+        "",
         eval_table(evaluation),
         "",
         "![per-domain log-perplexity](log_perplexity.png)",
@@ -341,9 +359,6 @@ def write_report(workdir: str, rounds: list[dict], evaluation: Mapping[str, Any]
         "![average log-perplexity over training](average_log_perplexity.png)",
         "",
     ]
-    if evaluation.get("across_seeds"):
-        lines[lines.index("## Main models: DoReMi weights vs baseline weights")] += f" (seed {evaluation['seed']})"
-        lines += ["## Main models over seeds", "", seeds_table(evaluation["across_seeds"]), ""]
     if evaluation.get("comparison"):
         lines += ["## Mixtures compared", "", comparison.table(evaluation["comparison"]), ""]
     if evaluation.get("regmix_search"):
@@ -353,7 +368,8 @@ def write_report(workdir: str, rounds: list[dict], evaluation: Mapping[str, Any]
     downstream = evaluation.get("downstream") or {}
     if downstream:
         lines += ["## Downstream accuracy (greedy decoding)", "",
-                  downstream_table(downstream, evaluation.get("downstream_average")), ""]
+                  f"Seed {evaluation.get('seed')} (the verdicts with their intervals are above):" if
+                  evaluation.get("seed") is not None else "", "", downstream_table(downstream), ""]
     for task in downstream:
         key = f"downstream/{task}"
         d_acc, b_acc = _curve(doremi_dir, key), _curve(baseline_dir, key)
@@ -387,6 +403,8 @@ def _odm_section(workdir: str, odm: Mapping[str, Any], domains: Sequence[str], b
         "",
         "![ODM rates](odm_rates.png)",
         "",
+        verdicts_table(odm["verdicts"]),
+        "",
         eval_table(odm),
         "",
         f"ODM's reward is the main model's own training loss, so it samples most from the domains the model "
@@ -394,8 +412,6 @@ def _odm_section(workdir: str, odm: Mapping[str, Any], domains: Sequence[str], b
         f"mean rate went to {top}. DoReMi's excess loss over a reference does not reward what no model learns.",
         "",
     ]
-    if odm.get("across_seeds"):
-        lines += ["### ODM over seeds", "", seeds_table(odm["across_seeds"]), ""]
     return lines
 
 
@@ -406,7 +422,8 @@ def _regmix_section(search: Mapping[str, Any]) -> list[str]:
     return [
         "## RegMix's search",
         "",
-        f"{len(runs)} small runs on random mixtures; target: the mean validation log-perplexity over {target}. "
+        f"{len(runs)} small runs on random mixtures; target: the mean validation log-perplexity over {target} "
+        "(validation chooses; the verdicts above are on test where the corpus has it). "
         f"Leave-one-out rank correlation (Spearman) of each regressor's predictions with the held-out runs' "
         f"losses: {fits}; used: {search['regressor']}. Predicted target loss of the chosen mixture: "
         f"{search['predicted_target_loss']:.4f} (best small run: {min(r['target_loss'] for r in runs):.4f}). "

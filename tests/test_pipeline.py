@@ -63,13 +63,26 @@ def test_outputs(finished):
         assert set(lp) == set(weights)
         assert ev[run_name]["average"] == pytest.approx(sum(lp.values()) / 4)
         assert ev[run_name]["worst"]["log_perplexity"] == max(lp.values())
-    assert ev["domains_improved"] == sum(ev["doremi"]["log_perplexity"][d] < ev["baseline"]["log_perplexity"][d] for d in weights)
-    assert "speedup" in ev and "steps_to_baseline" in ev
+    # Verdicts on the demo's test split, validation kept beside them.
+    assert ev["split"] == "test"
+    for run_name in ("baseline", "doremi"):
+        summary = json.load(open(workdir / f"main_{run_name}" / "summary.json"))
+        assert ev[run_name] == summary["test"] and ev["validation"][run_name] == summary["eval"]
+        assert summary["test"] != summary["eval"]
+    verdicts = ev["verdicts"]
+    assert verdicts["split"] == "test" and verdicts["held_out_noise"]
+    for d, t in verdicts["log_perplexity"].items():
+        change = t["change"]
+        assert change["mean"] == pytest.approx(ev["doremi"]["log_perplexity"][d] - ev["baseline"]["log_perplexity"][d],
+                                               abs=1e-5)
+        assert change["low"] < change["mean"] < change["high"]  # one seed: the documents' noise alone
+        assert verdicts["documents"][d] >= 1
     # The main runs used the weights they were meant to.
     doremi_sampled = json.load(open(workdir / "main_doremi" / "summary.json"))["sampling_weights"]
     assert doremi_sampled == pytest.approx(weights, abs=1e-6)
     report = open(workdir / "report.md").read()
     assert "## Is λ signal or lag? (round 1)" in report and "## Is λ signal or lag? (round 2)" in report
+    assert "Verdicts are on the corpus's test split" in report and "change [95% interval]" in report
     for png in ("weights.png", "alpha_round_1.png", "alpha_round_2.png", "log_perplexity.png", "average_log_perplexity.png",
                 "lambda_round_1.png", "lambda_round_2.png"):
         assert f"]({png})" in report
@@ -106,24 +119,26 @@ def test_rerun_skips_and_a_changed_proxy_redoes_what_follows(finished, capsys):
     assert after["main_baseline"] == before["main_baseline"]
 
 
-def test_several_main_seeds_give_mean_and_spread(finished):
+def test_several_main_seeds_give_paired_intervals(finished):
     workdir, _ = finished
     evaluation = run(workdir, main_seeds=[0, 1])
-    summary = evaluation["across_seeds"]
+    summary = evaluation["verdicts"]
     assert summary["seeds"] == [0, 1] and [e["seed"] for e in evaluation["per_seed"]] == [0, 1]
     for seed in (0, 1):
         for name in ("doremi", "baseline"):
             run_summary = json.load(open(workdir / f"main_{name}_seed{seed}" / "summary.json"))
-            assert evaluation["per_seed"][seed][name] == run_summary["eval"]
+            assert evaluation["per_seed"][seed][name] == run_summary["test"]
     # The seeds really differ, and the statistics are those of the per-seed results.
     baseline = [e["baseline"]["average"] for e in evaluation["per_seed"]]
     assert baseline[0] != baseline[1]
-    assert summary["average"]["baseline"]["mean"] == pytest.approx(sum(baseline) / 2)
+    assert summary["average"]["baseline"] == pytest.approx(sum(baseline) / 2)
     for dom, t in summary["log_perplexity"].items():
         changes = [e["doremi"]["log_perplexity"][dom] - e["baseline"]["log_perplexity"][dom] for e in evaluation["per_seed"]]
-        assert t["change"]["values"] == pytest.approx(changes)
-        assert (dom in summary["improved"]) == (t["change"]["mean"] < -t["change"]["std"])
+        assert t["change"]["mean"] == pytest.approx(sum(changes) / 2, abs=1e-5)
+        assert t["change"]["seeds"] == 2 and t["change"]["se_training"] > 0 and t["change"]["se_held_out"] > 0
+        if dom in summary["improved"]:
+            assert t["change"]["high"] < 0
     report = open(workdir / "report.md").read()
-    assert "## Main models over seeds" in report and "Mean ± standard deviation over 2 seeds" in report
+    assert "mean over 2 seed(s) (0, 1)" in report
     assert "DoReMi's average log-perplexity is" in report and "DoReMi's worst-case log-perplexity is" in report
-    assert json.load(open(workdir / "eval.json"))["across_seeds"] == json.loads(json.dumps(summary))
+    assert json.load(open(workdir / "eval.json"))["verdicts"] == json.loads(json.dumps(summary))

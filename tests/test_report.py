@@ -1,4 +1,4 @@
-"""The comparison over seeds: known answers from synthetic per-seed results."""
+"""The report's verdicts: known answers from written runs (held-out documents, curves)."""
 
 import numpy as np
 import pytest
@@ -6,32 +6,97 @@ import pytest
 from doremi_jax import report
 
 
-def pair(seed, doremi, baseline):
-    def result(lp):
-        worst = max(lp, key=lp.get)
-        return {"log_perplexity": lp, "average": sum(lp.values()) / len(lp),
-                "worst": {"domain": worst, "log_perplexity": lp[worst]}}
-    return {"seed": seed, "domains": list(doremi), "doremi": result(doremi), "baseline": result(baseline),
-            "speedup": 1.5 if seed else None}
+def write_run(path, per_domain, curve=(), downstream=None, split="test"):
+    """A finished main run's files: held-out documents (per domain, per-document mean
+    losses over 50-token documents), its eval summary and its periodic curve."""
+    import json
+
+    path.mkdir(parents=True)
+    docs = {d: {"loss": [50.0 * x for x in losses], "tokens": [50] * len(losses)} for d, losses in per_domain.items()}
+    (path / "held_out_documents.json").write_text(json.dumps({split: docs}))
+    lp = {d: float(np.mean(v)) for d, v in per_domain.items()}
+    worst = max(lp, key=lp.get)
+    result = {"log_perplexity": lp, "average": float(np.mean(list(lp.values()))),
+              "worst": {"domain": worst, "log_perplexity": lp[worst]}}
+    with open(path / "metrics.jsonl", "w") as f:
+        for step, value in curve:
+            f.write(json.dumps({"step": step, f"{split}/log_perplexity/average": value,
+                                **({"downstream/cloze": downstream[1][step]} if downstream else {})}) + "\n")
+    summary = {"eval": result, split: result}
+    if downstream:
+        summary["downstream"] = {"cloze": {"accuracy": downstream[0], "examples": 256}}
+    return summary
 
 
-def test_a_domain_counts_as_improved_only_beyond_its_spread():
-    per_seed = [
-        # "steady" improves by 0.1 with every seed; "noisy" by +0.2 / -0.3 / +0.05 (mean -0.017).
-        pair(0, {"steady": 2.0, "noisy": 3.2}, {"steady": 2.1, "noisy": 3.0}),
-        pair(1, {"steady": 2.05, "noisy": 2.7}, {"steady": 2.15, "noisy": 3.0}),
-        pair(2, {"steady": 1.95, "noisy": 3.05}, {"steady": 2.05, "noisy": 3.0}),
-    ]
-    summary = report.across_seeds(per_seed)
+def judged_pairs(tmp_path, seeds):
+    """seeds: per seed (doremi per-domain doc losses, baseline ..., doremi curve, baseline curve, downstream)."""
+    pairs = []
+    for i, (dl, bl, dc, bc, dd, bd) in enumerate(seeds):
+        d_dir, b_dir = tmp_path / f"d{i}", tmp_path / f"b{i}"
+        d, b = write_run(d_dir, dl, dc, dd), write_run(b_dir, bl, bc, bd)
+        pairs.append(dict(report.compare(str(d_dir), str(b_dir), d, b), seed=i))
+    return report.judge(pairs)
+
+
+def test_words_follow_the_intervals(tmp_path):
+    rng = np.random.default_rng(0)
+    base = {"steady": rng.normal(2.0, 0.3, 40), "noisy": rng.normal(3.0, 0.3, 40)}
+    seeds = []
+    for shift in (0.2, -0.3, 0.05):  # "noisy" moves with the seed; "steady" improves 0.1 on every document
+        d = {"steady": base["steady"] - 0.1, "noisy": base["noisy"] + shift}
+        seeds.append((d, base, [], [], None, None))
+    summary = judged_pairs(tmp_path, seeds)
+    steady, noisy = summary["log_perplexity"]["steady"]["change"], summary["log_perplexity"]["noisy"]["change"]
+    assert steady["mean"] == pytest.approx(-0.1) and steady["high"] < 0
+    assert noisy["mean"] == pytest.approx(-0.05 / 3) and noisy["low"] < 0 < noisy["high"]
     assert summary["improved"] == ["steady"] and summary["worse"] == []
-    assert summary["log_perplexity"]["steady"]["change"]["mean"] == pytest.approx(-0.1)
-    assert summary["log_perplexity"]["steady"]["change"]["std"] == pytest.approx(0.0, abs=1e-12)
-    assert summary["log_perplexity"]["noisy"]["change"]["mean"] == pytest.approx(-0.05 / 3)
-    assert summary["speedup"] == {"values": [None, 1.5, 1.5], "min": 1.5, "max": 1.5, "seeds_reaching_baseline": 2}
-    text = report.seeds_table(summary)
-    assert "Domains improved beyond the spread: 1 of 2 (steady)" in text
-    assert "worst-case log-perplexity is within the spread" in text
-    assert "1.50x to 1.50x (2 of 3 seeds reach it)" in text
+    assert summary["documents"] == {"steady": 40, "noisy": 40} and summary["tokens"]["steady"] == 2000
+    text = report.verdicts_table(summary)
+    assert "Domains better (interval below zero, Holm-corrected over the 2 domains): 1 of 2 (steady)" in text
+    average = summary["average"]["change"]
+    assert average["low"] < 0 < average["high"]
+    assert "average log-perplexity is not distinguishable from the baseline's" in text
+    for name, t in [*summary["log_perplexity"].items(), ("average", summary["average"]), ("worst", summary["worst"])]:
+        verdict = "better" if t["change"]["high"] < 0 else "worse" if t["change"]["low"] > 0 else "within noise"
+        assert f"| {verdict} |" in next(line for line in text.splitlines() if line.startswith(f"| {name}")
+                                      or line.startswith(f"| **{name}**"))
+    assert "fewer steps" not in text  # no speedup line for a change within noise
+
+
+def test_speedup_has_an_interval_and_only_beyond_noise(tmp_path):
+    """Every seed's DoReMi improves 0.2 on every document; its curve crosses the
+    baseline's final 3.0 between evaluations, at steps 150, 160 and 170 by interpolation."""
+    base = {"a": np.full(30, 3.0) + np.linspace(-0.2, 0.2, 30)}
+    seeds = []
+    for cross in (150, 160, 170):
+        # Linear from 3.4 at step 100 to 2.8 at step 300 would cross 3.0 at 233; build the
+        # two points around `cross` so the interpolation lands on it.
+        curve = [(100, 3.5), (cross - 10, 3.1), (cross + 10, 2.9), (300, 2.8)]
+        seeds.append(({"a": base["a"] - 0.2}, base, curve, [(100, 3.6), (200, 3.2), (300, 3.0)], None, None))
+    summary = judged_pairs(tmp_path, seeds)
+    sp = summary["speedup"]
+    assert sp["steps_to_baseline"] == pytest.approx([150, 160, 170])
+    assert sp["mean_step"] == pytest.approx(160) and sp["speedup"] == pytest.approx(300 / 160)
+    assert sp["step_low"] < 150 and sp["step_high"] > 170 and sp["speedup_low"] == pytest.approx(300 / sp["step_high"])
+    assert "1.88x fewer steps" in report.verdicts_table(summary)
+
+
+def test_a_small_cloze_change_gets_no_speedup_line(tmp_path):
+    """The old report's "2.00x fewer steps" for +0.004 on 256 examples: now within noise."""
+    base = {"a": np.full(30, 3.0)}
+    seeds = []
+    for i in range(3):
+        d_acc = {100: 0.20, 150: 0.25, 300: 0.250}
+        b_acc = {100: 0.20, 150: 0.22, 300: 0.246}
+        seeds.append(({"a": base["a"]}, base, [(100, 3.0), (150, 3.0), (300, 3.0)], [(100, 3.0), (150, 3.0), (300, 3.0)],
+                      (0.250 + 0.001 * i, d_acc), (0.246 + 0.001 * i, b_acc)))
+    summary = judged_pairs(tmp_path, seeds)
+    cloze = summary["downstream"]["cloze"]
+    assert cloze["change"]["mean"] == pytest.approx(0.004) and cloze["change"]["low"] < 0 < cloze["change"]["high"]
+    assert cloze["speedup"]["reached"] == 3  # the curves do reach it; the change is still noise
+    text = report.verdicts_table(summary)
+    assert "cloze accuracy" in text and "not distinguishable" in text
+    assert "fewer steps" not in text and "speedup" not in text.lower()
 
 
 def test_lambda_diagnostics_split_the_gap_into_same_step_and_lag(tmp_path):
@@ -82,33 +147,6 @@ def test_lambda_diagnostics_split_the_gap_into_same_step_and_lag(tmp_path):
     assert "mostly the proxy against the reference" in table  # lag 0.11 against gaps 0.61 and 0.16
 
 
-def test_downstream_average_over_tasks_and_its_speedup(tmp_path):
-    """Two tasks: the mean accuracy of each model, and the speedup read off the
-    mean-over-tasks curves (DoReMi's mean reaches the baseline's final mean at step 20)."""
-    import json
-
-    curves = {
-        "doremi": {"cloze": [0.2, 0.5, 0.6], "trivia_qa": [0.1, 0.3, 0.4]},
-        "baseline": {"cloze": [0.1, 0.3, 0.5], "trivia_qa": [0.1, 0.2, 0.3]},
-    }
-    dirs = {}
-    for run, tasks in curves.items():
-        dirs[run] = tmp_path / run
-        dirs[run].mkdir()
-        with open(dirs[run] / "metrics.jsonl", "w") as f:
-            for i, step in enumerate((10, 20, 30)):
-                f.write(json.dumps({"step": step, **{f"downstream/{t}": v[i] for t, v in tasks.items()}}) + "\n")
-    downstream = {t: {"doremi": curves["doremi"][t][-1], "baseline": curves["baseline"][t][-1], "examples": 8}
-                  for t in ("cloze", "trivia_qa")}
-    average = report.downstream_average(str(dirs["doremi"]), str(dirs["baseline"]), downstream)
-    assert average["doremi"] == pytest.approx(0.5) and average["baseline"] == pytest.approx(0.4)
-    # Baseline's final mean 0.4; DoReMi's means 0.15, 0.4, 0.5: reached at step 20 of 30.
-    assert average["steps_to_baseline"] == 20 and average["speedup"] == pytest.approx(1.5)
-    table = report.downstream_table(downstream, average)
-    assert "| **average over 2 tasks** | 0.400 | 0.500 | +0.100 | |" in table and "1.50x fewer steps" in table
-    assert report.downstream_average(str(dirs["doremi"]), str(dirs["baseline"]), {"cloze": downstream["cloze"]}) is None
-
-
 def test_domains_without_held_out_tokens_are_left_out_of_the_averages():
     from doremi_jax.eval.perplexity import PerplexityResult
 
@@ -121,5 +159,9 @@ def test_domains_without_held_out_tokens_are_left_out_of_the_averages():
     assert j["unscored"] == ["b"] and set(j["log_perplexity"]) == {"a", "c"} and j["tokens"]["b"] == 0
     assert "log_perplexity/b" not in r.scalars()
     evaluation = report.compare("/nonexistent/d", "/nonexistent/b", {"eval": j}, {"eval": result([2.5, 0.0, 3.0]).to_json()})
-    assert evaluation["domains"] == ["a", "c"] and evaluation["improved"] == ["a"]
+    assert evaluation["domains"] == ["a", "c"] and evaluation["split"] == "validation"
     assert "No held-out tokens, left out of the average and the worst case: b." in report.eval_table(evaluation)
+    # One seed and no held-out documents written: no interval, so no verdict.
+    judged = report.judge([evaluation])
+    assert judged["improved"] == [] and judged["average"]["change"]["low"] is None
+    assert "without an interval" in report.verdicts_table(judged)

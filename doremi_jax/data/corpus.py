@@ -1,4 +1,9 @@
-"""A corpus of domains on disk: `DATA_DIR/<domain>/{train,validation}.jsonl` (or `.txt`).
+"""A corpus of domains on disk: `DATA_DIR/<domain>/{train,validation,test}.jsonl` (or `.txt`).
+
+`train` and `validation` are required; `test` is optional but all-or-nothing: when
+every domain has one, the corpus carries it (verdicts are read there, choices on
+validation); when none has, the corpus has no test split; a test split in some
+domains only is an error (a report on a subset of domains would mislead).
 
 A domain may instead hold pre-tokenized data: `<split>.tokens.npy`, one int array of
 token ids with documents separated by EOS (id 1), or `<split>*.tfrecord` /
@@ -32,7 +37,8 @@ from doremi_jax.data import records, shards as shard_reader
 # The stream type and the error of bad corpus input live below corpus and records.
 from doremi_jax.data.streams import CorpusError, TokenStream, join_documents  # noqa: F401
 
-SPLITS = ("train", "validation")
+SPLITS = ("train", "validation", "test")
+REQUIRED_SPLITS = ("train", "validation")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +46,12 @@ class Corpus:
     name: str
     domains: tuple[str, ...]
     streams: dict[str, list[TokenStream]]  # split -> one stream per domain, in `domains` order
+
+    @property
+    def verdict_split(self) -> str:
+        """Where results are judged: test when the corpus has one, else validation (the
+        split that chooses; the report says so)."""
+        return "test" if "test" in self.streams else "validation"
 
     def token_counts(self, split: str = "train") -> np.ndarray:
         return np.asarray([s.num_tokens for s in self.streams[split]], np.int64)
@@ -50,6 +62,33 @@ def split_files(data_dir: str, domain: str, split: str) -> list[str]:
     files = sorted(os.fspath(p) for p in folder.glob(f"{split}*.jsonl"))
     files += sorted(os.fspath(p) for p in folder.glob(f"{split}*.txt"))
     return files
+
+
+def has_split(data_dir: str, domain: str, split: str) -> bool:
+    """Whether a domain folder holds any file of `split`, in any layout."""
+    folder = epath.Path(data_dir) / domain
+    if fileio.exists(os.fspath(folder / f"{split}.tokens.npy")):
+        return True
+    patterns = [f"{split}*.jsonl", f"{split}*.txt", *(f"{split}*{s}" for s in records.SUFFIXES)]
+    return any(next(iter(folder.glob(p)), None) is not None for p in patterns)
+
+
+def optional_splits(data_dir: str, domains: Sequence[str]) -> tuple[str, ...]:
+    """The optional splits (test) the corpus carries: those every domain has."""
+    out = []
+    for split in SPLITS:
+        if split in REQUIRED_SPLITS:
+            continue
+        present = [d for d in domains if has_split(data_dir, d, split)]
+        if present and len(present) < len(domains):
+            missing = sorted(set(domains) - set(present))
+            raise CorpusError(
+                f"DATA_DIR {data_dir!r}: domains {present} have a {split} split and {missing} do not; "
+                f"give every domain one, or none"
+            )
+        if present:
+            out.append(split)
+    return tuple(out)
 
 
 def list_domains(data_dir: str) -> tuple[str, ...]:
@@ -281,16 +320,19 @@ def load_corpus(
     vocab,
     name: str = "folder",
     domains: Sequence[str] | None = None,
-    splits: Sequence[str] = SPLITS,
+    splits: Sequence[str] | None = None,
     text_field: str = "text",
     on_decode_error: str = "fail",
     cache_dir: str | None = None,
     record_feature: str = "targets",
 ) -> Corpus:
-    """Tokenized streams of every domain and split. `domains` defaults to the sub-folders."""
+    """Tokenized streams of every domain and split. `domains` defaults to the sub-folders;
+    `splits` to train, validation and test where every domain has one."""
     if on_decode_error not in ("fail", "skip"):
         raise CorpusError(f"on_decode_error={on_decode_error!r}: expected 'fail' or 'skip'")
     domains = tuple(domains) if domains else list_domains(data_dir)
+    if splits is None:
+        splits = (*REQUIRED_SPLITS, *optional_splits(data_dir, domains))
     streams = {
         split: [
             load_stream(data_dir, d, split, vocab, text_field, on_decode_error, cache_dir, record_feature)

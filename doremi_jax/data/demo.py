@@ -20,9 +20,9 @@ import sysconfig
 from doremi_jax.data.corpus import default_cache_dir
 
 DOMAINS = ("code", "noise", "prose", "repetitive")
-# Target sizes in bytes (train split); validation is a tenth of each.
+# Target sizes in bytes (train split); validation and test are a tenth of each.
 SIZES = {"code": 1_600_000, "prose": 800_000, "noise": 300_000, "repetitive": 150_000}
-VERSION = "v1"
+VERSION = "v2"  # v2: a test split beside validation
 
 
 def _stdlib_files() -> list[str]:
@@ -100,13 +100,13 @@ def build_demo_corpus(root: str | None = None) -> str:
     sources = {
         "code": code,
         "prose": prose,
-        "noise": _noise_docs(rng, int(SIZES["noise"] * 1.1)),
-        "repetitive": _repetitive_docs(rng, int(SIZES["repetitive"] * 1.1)),
+        "noise": _noise_docs(rng, int(SIZES["noise"] * 1.2)),
+        "repetitive": _repetitive_docs(rng, int(SIZES["repetitive"] * 1.2)),
     }
     for domain in DOMAINS:
-        docs = _take(sources[domain], int(SIZES[domain] * 1.1))
-        n_val = max(1, len(docs) // 11)
-        splits = {"validation": docs[:n_val], "train": docs[n_val:]}
+        docs = _take(sources[domain], int(SIZES[domain] * 1.2))
+        n_held = max(1, len(docs) // 12)
+        splits = {"validation": docs[:n_held], "test": docs[n_held:2 * n_held], "train": docs[2 * n_held:]}
         folder = os.path.join(root, domain)
         os.makedirs(folder, exist_ok=True)
         for split, split_docs in splits.items():

@@ -3,7 +3,7 @@
 The Pile (domains by `meta.pile_set_name`), or any jsonl corpus with `--domain_field`,
 into the layout doremi_jax reads. By default this is the Apache Beam preprocessing
 (`doremi_jax.data.preprocess`: tokenized ArrayRecord shards and an index; its flags,
-`--spm_model`, `--validation_fraction` or `--split`, and Beam's runner flags, pass
+`--spm_model`, `--validation_fraction`, `--test_fraction` or `--split`, and Beam's runner flags, pass
 through). With `--format=jsonl`, the text itself is split, in one process, into
 `OUT/<domain>/<split>-NNNNN.jsonl` shards with `OUT/<split>_counts.json` (documents and
 UTF-8 bytes per domain), to be tokenized by the trainer. Domain names become folder
@@ -104,7 +104,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", required=True, help="glob of .jsonl or .jsonl.zst files")
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--split", default="train", choices=["train", "validation"])
+    parser.add_argument("--split", default="train", choices=["train", "validation", "test"])
     parser.add_argument("--shard_docs", type=int, default=100_000)
     parser.add_argument("--domain_field", default="meta/pile_set_name",
                         help="path of the field that names a record's domain (any jsonl corpus)")

@@ -15,8 +15,8 @@ decoder-only tasks read, so T5X projects can register Tasks over the same shards
 On Apache Beam, the engine seqio's cache_tasks_main and TFDS use for big corpora: the
 DirectRunner here (`--direct_num_workers=N --direct_running_mode=multi_processing`),
 Dataflow, Flink or Spark by Beam's own flags (`--runner=DataflowRunner --project ...`).
-Deterministic (documents in their input order; the validation split held out by a hash
-of each document's text, `--validation_fraction`), idempotent and resumable per input
+Deterministic (documents in their input order; the validation and test splits held out
+by a hash of each document's text, `--validation_fraction`, `--test_fraction`), idempotent and resumable per input
 file: a finished input's shards are recorded under OUT/.done/ and skipped on a rerun. A
 malformed record stops the run with its file and line (or, with `--on_error=skip`, is
 skipped and counted).
@@ -40,7 +40,7 @@ from etils import epath
 from doremi_jax import fileio
 from doremi_jax.data.weights import folder_name
 
-SPLITS = ("train", "validation")
+SPLITS = ("train", "validation", "test")
 
 
 class PreprocessError(ValueError):
@@ -91,11 +91,14 @@ def parse(path: str, lineno: int, line: bytes, domain_field: str, text_field: st
     return folder_name(domain), text
 
 
-def split_of(text: str, validation_fraction: float) -> str:
+def split_of(text: str, validation_fraction: float, test_fraction: float = 0.0) -> str:
     """The document's split, from a hash of its text: the same document lands in the same
-    split on every run and every worker."""
+    split on every run and every worker. Hashes in [0, v) are validation, [v, v + t)
+    test, the rest train: adding a test fraction later leaves validation as it was."""
     h = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little") / 2**64
-    return "validation" if h < validation_fraction else "train"
+    if h < validation_fraction:
+        return "validation"
+    return "test" if h < validation_fraction + test_fraction else "train"
 
 
 def _vocabulary(spm_model: str):
@@ -177,7 +180,7 @@ def _build(p, inputs: Sequence[tuple[int, str]], output_dir: str, options: dict)
                 return
             domain, text = parsed
             ids = np.asarray(self.vocab.encode(text), np.int32)
-            split = options["split"] or split_of(text, options["validation_fraction"])
+            split = options["split"] or split_of(text, options["validation_fraction"], options["test_fraction"])
             yield (index, path, domain, split), (lineno, ids, len(text.encode("utf-8")))
 
     def write_shard_of(element):
@@ -225,8 +228,8 @@ def write_index(output_dir: str, vocabulary: str) -> dict:
 
 
 def preprocess(inputs: Sequence[str], output_dir: str, *, spm_model: str = "", domain_field: str = "meta/pile_set_name",
-               text_field: str = "text", validation_fraction: float = 0.0, split: str = "", on_error: str = "fail",
-               beam_args: Sequence[str] = ()) -> dict:
+               text_field: str = "text", validation_fraction: float = 0.0, test_fraction: float = 0.0,
+               split: str = "", on_error: str = "fail", beam_args: Sequence[str] = ()) -> dict:
     """Run the pipeline over the inputs not yet done; write and return the index."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -237,6 +240,9 @@ def preprocess(inputs: Sequence[str], output_dir: str, *, spm_model: str = "", d
         raise ValueError(f"split={split!r}: expected one of {list(SPLITS)} or '' (held out by hash)")
     if not 0.0 <= validation_fraction < 1.0:
         raise ValueError(f"validation_fraction={validation_fraction}: expected 0 <= fraction < 1")
+    if not 0.0 <= test_fraction < 1.0 or validation_fraction + test_fraction >= 1.0:
+        raise ValueError(f"test_fraction={test_fraction}: expected 0 <= fraction and validation_fraction + "
+                         "test_fraction < 1")
     fileio.makedirs(os.path.join(output_dir, ".done"))
     vocabulary = _vocabulary(spm_model).fingerprint
     previous = os.path.join(output_dir, "index.json")
@@ -244,7 +250,8 @@ def preprocess(inputs: Sequence[str], output_dir: str, *, spm_model: str = "", d
         raise ValueError(f"{output_dir!r} holds shards of another vocabulary; use a new output folder")
     todo = [(i, p) for i, p in enumerate(inputs) if not fileio.exists(_done_path(output_dir, i, p))]
     options = dict(spm_model=spm_model, domain_field=domain_field, text_field=text_field,
-                   validation_fraction=validation_fraction, split=split, on_error=on_error)
+                   validation_fraction=validation_fraction, test_fraction=test_fraction, split=split,
+                   on_error=on_error)
     skipped = 0
     if todo:
         pipeline = beam.Pipeline(options=PipelineOptions(list(beam_args)))
@@ -268,7 +275,9 @@ def main(argv=None) -> None:
     parser.add_argument("--text_field", default="text")
     parser.add_argument("--validation_fraction", type=float, default=0.0,
                         help="hold out this fraction of documents (by a hash of their text) as validation")
-    parser.add_argument("--split", default="", help="put every document in this split (train or validation)")
+    parser.add_argument("--test_fraction", type=float, default=0.0,
+                        help="hold out this fraction of documents (by the same hash) as test, where results are judged")
+    parser.add_argument("--split", default="", help="put every document in this split (train, validation or test)")
     parser.add_argument("--on_error", default="fail", choices=["fail", "skip"])
     args, beam_args = parser.parse_known_args(argv)
     inputs = find_inputs(args.input)
@@ -278,6 +287,7 @@ def main(argv=None) -> None:
     try:
         index = preprocess(inputs, args.output_dir, spm_model=args.spm_model, domain_field=args.domain_field,
                            text_field=args.text_field, validation_fraction=args.validation_fraction,
+                           test_fraction=args.test_fraction,
                            split=args.split, on_error=args.on_error, beam_args=beam_args)
     except (PreprocessError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -159,6 +159,24 @@ def window(stream: TokenStream, start: int, span: int, length: int) -> dict[str,
     }
 
 
+def eval_row_starts(stream: TokenStream, sequence_length: int, max_tokens: int) -> range:
+    """Stream offsets of a domain's evaluation rows (consecutive windows)."""
+    limit = min(stream.num_tokens, max_tokens + 1)
+    return range(0, limit - 1, sequence_length)
+
+
+def eval_target_documents(stream: TokenStream, sequence_length: int, max_tokens: int) -> np.ndarray:
+    """Document number of every target of a domain's evaluation rows, int32[rows,
+    length] (-1 past the evaluated tokens): what a bootstrap over documents groups by."""
+    limit = min(stream.num_tokens, max_tokens + 1)
+    starts = eval_row_starts(stream, sequence_length, max_tokens)
+    out = np.full((len(starts), sequence_length), -1, np.int32)
+    for r, start in enumerate(starts):
+        stop = min(start + 1 + sequence_length, limit)
+        out[r, : stop - start - 1] = stream.doc_numbers(start + 1, stop)
+    return out
+
+
 def eval_batches(
     streams: Sequence[TokenStream], sequence_length: int, batch_size: int, max_tokens: int
 ) -> Iterator[dict[str, np.ndarray]]:
@@ -170,7 +188,7 @@ def eval_batches(
     for domain, stream in enumerate(streams):
         limit = min(stream.num_tokens, max_tokens + 1)
         rows = []
-        for start in range(0, limit - 1, sequence_length):
+        for start in eval_row_starts(stream, sequence_length, max_tokens):
             span = min(sequence_length + 1, limit - start)
             row = window(stream, start, span, sequence_length)
             row["domain_ids"] = np.full(sequence_length, domain, np.int32)

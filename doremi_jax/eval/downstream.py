@@ -45,7 +45,7 @@ def task_examples(cfg: DownstreamConfig, corpus, vocab) -> dict[str, list[Exampl
     for task in cfg.tasks:
         if task == CLOZE:
             out[task] = cloze.cloze_examples(
-                corpus.streams["validation"], corpus.domains, vocab, cfg.max_examples, cfg.seed
+                corpus.streams[corpus.verdict_split], corpus.domains, vocab, cfg.max_examples, cfg.seed
             )
         else:
             from doremi_jax.data import oneshot_tasks  # tensorflow and seqio: only when asked for

@@ -248,10 +248,18 @@ def train(
     elif eval_only:
         raise TrainingError(f"no complete checkpoint in {os.path.join(workdir, 'checkpoints')!r} to evaluate")
     start = int(state.step)
-    evaluator = perplexity.Evaluator(
-        transformer, device_mesh, mesh.rules, param_shardings, corpus.streams["validation"],
-        domains, config.sequence_length, config.eval_batch_size or config.batch_size, config.eval_tokens_per_domain,
-    )
+    # Validation chooses (RegMix's target, a comparison's candidate); test, when the
+    # corpus has one, is where results are judged, and so what the periodic evaluations
+    # (the curves a speedup is read from) score.
+    evaluators = {
+        split: perplexity.Evaluator(
+            transformer, device_mesh, mesh.rules, param_shardings, corpus.streams[split], domains,
+            config.sequence_length, config.eval_batch_size or config.batch_size, config.eval_tokens_per_domain,
+        )
+        for split in dict.fromkeys(("validation", corpus.verdict_split))
+    }
+    evaluator = evaluators[corpus.verdict_split]
+    eval_prefix = metrics_lib.eval_prefix(corpus.verdict_split)
     downstream_eval = None
     if downstream.tasks:
         downstream_eval = downstream_lib.DownstreamEvaluator(
@@ -259,12 +267,12 @@ def train(
         )
     if eval_only:
         ckpt.close()
-        result = evaluator(state.params)
-        summary = {"step": start, "domains": list(domains), "eval": result.to_json()}
+        results = {split: e(state.params) for split, e in evaluators.items()}
+        summary = {"step": start, "domains": list(domains), **workdir_lib.eval_summary(results)}
         if downstream_eval:
             summary["downstream"] = downstream_eval(state.params)
         if primary:
-            workdir_lib.write_eval(workdir, result, summary.get("downstream"))
+            workdir_lib.write_eval(workdir, results, summary.get("downstream"))
         return summary
 
     # --- The compiled step.
@@ -321,7 +329,7 @@ def train(
                           f"{rate:,.0f} tokens/s ETA {eta:.0f}s", flush=True)
                 t0, last_log_step = time.perf_counter(), step
             if config.eval_every and step % config.eval_every == 0 and step < config.train_steps:
-                writer.write(step, {f"eval/{n}": v for n, v in evaluator(state.params).scalars().items()})
+                writer.write(step, {f"{eval_prefix}/{n}": v for n, v in evaluator(state.params).scalars().items()})
                 if downstream_eval:
                     writer.write(step, downstream_lib.scalars(downstream_eval(state.params)))
             if stop_early is not None and stop_early(step, step_metrics):
@@ -345,9 +353,11 @@ def train(
         # --- Outputs of the run.
         summary["step"] = int(step)
         if summary["stopped"] != "preempted":
-            result = evaluator(state.params)
-            writer.write(step, {f"eval/{n}": v for n, v in result.scalars().items()})
-            summary["eval"] = result.to_json()
+            results = {split: e(state.params) for split, e in evaluators.items()}
+            for split, r in results.items():
+                writer.write(step, {f"{metrics_lib.eval_prefix(split)}/{n}": v for n, v in r.scalars().items()})
+            summary.update(workdir_lib.eval_summary(results))
+            result = results["validation"]
             if result.unscored and primary:
                 print(f"warning: no held-out tokens in {', '.join(result.unscored)}: "
                       "left out of the average and the worst case", flush=True)
@@ -355,7 +365,7 @@ def train(
                 summary["downstream"] = downstream_eval(state.params)
                 writer.write(step, downstream_lib.scalars(summary["downstream"]))
             if primary:
-                workdir_lib.write_eval(workdir, result, summary.get("downstream"))
+                workdir_lib.write_eval(workdir, results, summary.get("downstream"))
         writer.close()
     # Which processes trained it: all of them, or one alone (hosts.alone).
     summary["processes"] = sorted({int(d.process_index) for d in device_mesh.devices.flat})

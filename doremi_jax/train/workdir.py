@@ -7,6 +7,7 @@ import json
 import logging
 import os
 
+import numpy as np
 
 from doremi_jax import checkpoints, fileio, hosts
 from doremi_jax.train import setup
@@ -16,8 +17,12 @@ class TrainingError(RuntimeError):
     pass
 
 
+# Every scored held-out document's loss and tokens, per split (`write_eval`).
+DOCUMENTS_FILE = "held_out_documents.json"
+
 RUN_OUTPUTS = (
     "checkpoints", "tensorboard", "metrics.jsonl", "domain_weights.json", "main_mixture.gin", "eval_results.json",
+    "test_results.json", DOCUMENTS_FILE,
     "downstream_results.json", "summary.json",
 )
 
@@ -90,7 +95,37 @@ def load_reference(method, reference_cfg, domains, vocabulary, mesh, rules):
     return params, ref_shardings
 
 
-def write_eval(workdir: str, result, downstream=None) -> None:
-    fileio.write_text_atomic(os.path.join(workdir, "eval_results.json"), json.dumps(result.to_json(), indent=2))
+def eval_summary(results) -> dict:
+    """summary.json's evaluation: "eval" (validation, what chooses) and, when the
+    corpus has a test split, "test" (where results are judged)."""
+    out = {"eval": results["validation"].to_json()}
+    if "test" in results:
+        out["test"] = results["test"].to_json()
+    return out
+
+
+def write_eval(workdir: str, results, downstream=None) -> None:
+    """eval_results.json (validation), test_results.json (test, when scored) and
+    held_out_documents.json (every scored document's loss and tokens, per split)."""
+    for split, name in (("validation", "eval_results.json"), ("test", "test_results.json")):
+        if split in results:
+            fileio.write_text_atomic(os.path.join(workdir, name), json.dumps(results[split].to_json(), indent=2))
+    fileio.write_text_atomic(
+        os.path.join(workdir, DOCUMENTS_FILE),
+        json.dumps({split: r.documents_json() for split, r in results.items()}),
+    )
     if downstream is not None:
         fileio.write_text_atomic(os.path.join(workdir, "downstream_results.json"), json.dumps(downstream, indent=2))
+
+
+def read_documents(workdir: str, split: str, domains) -> dict | None:
+    """A run's held-out documents on `split` as {domain: (loss sums, tokens)}, or None
+    when it did not write them (a run from before they were kept)."""
+    path = os.path.join(workdir, DOCUMENTS_FILE)
+    if not fileio.exists(path):
+        return None
+    by_split = json.loads(fileio.read_text(path))
+    if split not in by_split or not all(d in by_split[split] for d in domains):
+        return None
+    return {d: (np.asarray(by_split[split][d]["loss"], np.float64), np.asarray(by_split[split][d]["tokens"], np.int64))
+            for d in domains}
