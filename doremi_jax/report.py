@@ -175,7 +175,7 @@ def verdicts_table(summary: Mapping[str, Any]) -> str:
              if summary.get("held_out_noise") else "the spread over seeds only (the runs wrote no held-out documents)")
     lines = [f"On the {summary['split']} split; mean over {n} seed(s){f' ({seeds})' if seeds else ''}; "
              f"the change is paired by seed, with its 95% interval from {noise}.", "",
-             f"| domain | baseline log-ppl | {label} log-ppl | change [95% interval] | verdict | documents | tokens |",
+             f"| domain | baseline log-ppl | {label} log-ppl | change [95% interval] | verdict (uncorrected) | documents | tokens |",
              "|---|---:|---:|---:|---|---:|---:|"]
 
     def row(name, t, docs="", tokens=""):

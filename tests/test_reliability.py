@@ -202,10 +202,19 @@ def test_soak_many_restarts_do_not_grow_resources(reference, tmp_path):
         in_process([*base, f"--gin.TRAIN_STEPS={2 * i}", f"--workdir={workdir}"])
         seen.append(_resources())
     fds, threads, rss = zip(*seen)
-    # After a warm-up of a few restarts, nothing keeps growing with each restart.
-    assert max(fds[4:]) <= fds[3] + 4, fds
-    assert max(threads[4:]) <= threads[3] + 4, threads
-    assert rss[-1] - rss[3] < 150 * 2**20, [r // 2**20 for r in rss]
+    # After a warm-up of two restarts, nothing keeps growing with each restart: the
+    # growth per restart over the other six (Theil–Sen: the median of the pairwise
+    # slopes, so one sample that dips or jumps does not decide; CI once failed on
+    # threads 154, 153, 153, 146, 155, 155, 155, 155, whose slope here is 0.4). A leak of
+    # one thread or descriptor per restart has a slope of 1.
+    from scipy import stats
+
+    def per_restart(values):
+        return float(stats.theilslopes(np.asarray(values[2:], np.float64))[0])
+
+    assert per_restart(fds) < 0.75, fds
+    assert per_restart(threads) < 0.75, threads
+    assert per_restart(rss) < 20 * 2**20, [r // 2**20 for r in rss]
     assert threading.active_count() < 50
 
 
