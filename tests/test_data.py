@@ -289,3 +289,24 @@ def test_epochs_and_capping():
     assert len(lines) == 2 and "'b' would be repeated 40.0 times" in lines[1]
     with pytest.raises(ValueError, match="repeats the whole corpus more than 4 times"):
         stats.cap_weights(counts, [1, 1, 1], 1e6, 4)
+
+
+def test_a_test_split_is_all_or_nothing(tmp_path):
+    """test is optional: loaded when every domain has one, absent when none has, and a
+    test split in some domains only is a one-line error naming them."""
+    from doremi_jax.data import corpus as corpus_lib, vocab as vocab_lib
+
+    vocab = vocab_lib.make_vocabulary("byte", None)
+    for d in ("a", "b"):
+        os.makedirs(tmp_path / d)
+        for split in ("train", "validation"):
+            (tmp_path / d / f"{split}.jsonl").write_text(json.dumps({"text": f"{d} {split} text"}) + "\n")
+    plain = corpus_lib.load_corpus(str(tmp_path), vocab, cache_dir=str(tmp_path / ".cache"))
+    assert set(plain.streams) == {"train", "validation"} and plain.verdict_split == "validation"
+    (tmp_path / "a" / "test.jsonl").write_text(json.dumps({"text": "a test text"}) + "\n")
+    with pytest.raises(corpus_lib.CorpusError, match=r"\['a'\] have a test split and \['b'\] do not"):
+        corpus_lib.load_corpus(str(tmp_path), vocab, cache_dir=str(tmp_path / ".cache"))
+    (tmp_path / "b" / "test.txt").write_text("b test text")
+    full = corpus_lib.load_corpus(str(tmp_path), vocab, cache_dir=str(tmp_path / ".cache"))
+    assert full.verdict_split == "test"
+    assert [s.num_tokens for s in full.streams["test"]] == [len("a test text") + 1, len("b test text") + 1]

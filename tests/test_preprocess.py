@@ -157,3 +157,12 @@ def test_zstd_inputs_through_the_pile_entry(tmp_path):
     for d, texts in expected.items():
         counted = sum(t["documents"] for t in index["domains"][d].values())
         assert counted == len(texts)
+
+
+def test_test_fraction_is_held_out_by_the_same_hash_and_leaves_validation_as_it_was():
+    texts = [f"document number {i}" for i in range(2000)]
+    before = [preprocess.split_of(t, 0.1) for t in texts]
+    after = [preprocess.split_of(t, 0.1, 0.2) for t in texts]
+    assert [a for a, b in zip(after, before) if b == "validation"] == ["validation"] * before.count("validation")
+    assert set(a for a, b in zip(after, before) if b == "train") == {"train", "test"}
+    assert 0.15 < after.count("test") / len(texts) < 0.25 and 0.07 < after.count("validation") / len(texts) < 0.13
