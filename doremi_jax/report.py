@@ -138,7 +138,7 @@ _WORDS = {
     "better": "better than the baseline's: its 95% interval is below zero",
     "worse": "worse than the baseline's: its 95% interval is above zero",
     "within noise": "not distinguishable from the baseline's: its 95% interval includes zero",
-    "no interval": "without an interval (one seed and no held-out documents): no verdict",
+    "no interval": "without an interval (one seed, and fewer than two held-out documents to bootstrap): no verdict",
 }
 
 

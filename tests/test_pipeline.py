@@ -74,9 +74,12 @@ def test_outputs(finished):
     for d, t in verdicts["log_perplexity"].items():
         change = t["change"]
         assert change["mean"] == pytest.approx(ev["doremi"]["log_perplexity"][d] - ev["baseline"]["log_perplexity"][d],
-                                               abs=1e-5)
-        assert change["low"] < change["mean"] < change["high"]  # one seed: the documents' noise alone
-        assert verdicts["documents"][d] >= 1
+                                               abs=1e-4)
+        # One seed: the documents' noise alone, which one document cannot show.
+        if verdicts["documents"][d] > 1:
+            assert change["se_held_out"] > 0 and change["low"] < change["mean"] < change["high"]
+        else:
+            assert verdicts["documents"][d] == 1 and change["low"] is None
     # The main runs used the weights they were meant to.
     doremi_sampled = json.load(open(workdir / "main_doremi" / "summary.json"))["sampling_weights"]
     assert doremi_sampled == pytest.approx(weights, abs=1e-6)
@@ -134,8 +137,9 @@ def test_several_main_seeds_give_paired_intervals(finished):
     assert summary["average"]["baseline"] == pytest.approx(sum(baseline) / 2)
     for dom, t in summary["log_perplexity"].items():
         changes = [e["doremi"]["log_perplexity"][dom] - e["baseline"]["log_perplexity"][dom] for e in evaluation["per_seed"]]
-        assert t["change"]["mean"] == pytest.approx(sum(changes) / 2, abs=1e-5)
-        assert t["change"]["seeds"] == 2 and t["change"]["se_training"] > 0 and t["change"]["se_held_out"] > 0
+        assert t["change"]["mean"] == pytest.approx(sum(changes) / 2, abs=1e-4)
+        assert t["change"]["seeds"] == 2 and t["change"]["se_training"] > 0
+        assert (t["change"]["se_held_out"] > 0) == (summary["documents"][dom] > 1)
         if dom in summary["improved"]:
             assert t["change"]["high"] < 0
     report = open(workdir / "report.md").read()

@@ -42,8 +42,9 @@ def test_words_follow_the_intervals(tmp_path):
     rng = np.random.default_rng(0)
     base = {"steady": rng.normal(2.0, 0.3, 40), "noisy": rng.normal(3.0, 0.3, 40)}
     seeds = []
-    for shift in (0.2, -0.3, 0.05):  # "noisy" moves with the seed; "steady" improves 0.1 on every document
-        d = {"steady": base["steady"] - 0.1, "noisy": base["noisy"] + shift}
+    # "noisy" moves with the seed; "steady" improves 0.09-0.11 on every document.
+    for shift, gain in ((0.2, 0.09), (-0.3, 0.1), (0.05, 0.11)):
+        d = {"steady": base["steady"] - gain, "noisy": base["noisy"] + shift}
         seeds.append((d, base, [], [], None, None))
     summary = judged_pairs(tmp_path, seeds)
     steady, noisy = summary["log_perplexity"]["steady"]["change"], summary["log_perplexity"]["noisy"]["change"]
@@ -64,15 +65,15 @@ def test_words_follow_the_intervals(tmp_path):
 
 
 def test_speedup_has_an_interval_and_only_beyond_noise(tmp_path):
-    """Every seed's DoReMi improves 0.2 on every document; its curve crosses the
+    """Every seed's DoReMi improves about 0.2 on every document; its curve crosses the
     baseline's final 3.0 between evaluations, at steps 150, 160 and 170 by interpolation."""
     base = {"a": np.full(30, 3.0) + np.linspace(-0.2, 0.2, 30)}
     seeds = []
-    for cross in (150, 160, 170):
+    for cross, gain in ((150, 0.19), (160, 0.2), (170, 0.21)):
         # Linear from 3.4 at step 100 to 2.8 at step 300 would cross 3.0 at 233; build the
         # two points around `cross` so the interpolation lands on it.
         curve = [(100, 3.5), (cross - 10, 3.1), (cross + 10, 2.9), (300, 2.8)]
-        seeds.append(({"a": base["a"] - 0.2}, base, curve, [(100, 3.6), (200, 3.2), (300, 3.0)], None, None))
+        seeds.append(({"a": base["a"] - gain}, base, curve, [(100, 3.6), (200, 3.2), (300, 3.0)], None, None))
     summary = judged_pairs(tmp_path, seeds)
     sp = summary["speedup"]
     assert sp["steps_to_baseline"] == pytest.approx([150, 160, 170])
@@ -164,4 +165,4 @@ def test_domains_without_held_out_tokens_are_left_out_of_the_averages():
     # One seed and no held-out documents written: no interval, so no verdict.
     judged = report.judge([evaluation])
     assert judged["improved"] == [] and judged["average"]["change"]["low"] is None
-    assert "without an interval" in report.verdicts_table(judged)
+    assert "without an interval (one seed" in report.verdicts_table(judged)

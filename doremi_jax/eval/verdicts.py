@@ -157,14 +157,19 @@ def log_perplexity_changes(
     for j, d in enumerate(domains):
         tokens = runs[0][d][1].astype(np.float64)
         loss = np.stack([r[d][0] for r in runs], axis=1)  # [docs, runs]
-        weights = np.vstack([np.ones(len(tokens)), rng.multinomial(len(tokens), np.full(len(tokens), 1 / len(tokens)),
-                                                                   size=resamples)])
+        if len(tokens) > 1:
+            resampled = rng.multinomial(len(tokens), np.full(len(tokens), 1 / len(tokens)), size=resamples)
+        else:  # one document: nothing to resample, and no held-out noise it could show
+            resampled = np.ones((resamples, len(tokens)))
+        weights = np.vstack([np.ones(len(tokens)), resampled])
         figures[:, :, j] = (weights @ loss) / np.maximum(weights @ tokens, 1.0)[:, None]
 
     def change(stat: Callable[[np.ndarray], np.ndarray]) -> Interval:
         values = stat(figures)  # [b, runs]
         per_seed = values[:, :n] - values[:, n:]  # [b, seeds]
         se_held_out = float(per_seed[1:].mean(axis=1).std(ddof=1))
+        # Identical resamples (one document a domain) differ only by rounding in the products.
+        se_held_out = 0.0 if se_held_out < 1e-12 else se_held_out
         return combine(per_seed[0], se_held_out, level)
 
     per_domain = {d: change(lambda f, j=j: f[:, :, j]) for j, d in enumerate(domains)}
