@@ -363,7 +363,10 @@ def run_pipeline(
             {"doremi": per_seed, **extra}, {"doremi": evaluation["verdicts"], **{m: evaluation[m]["verdicts"] for m in extra}},
             weights, search_flops, main_flops,
         )
-    _write_json(os.path.join(workdir, "eval.json"), evaluation)
+    # eval.json names the runs' folders relative to the pipeline's workdir: the same
+    # experiment in another folder (or a resumed copy) writes the same file.
+    portable = _relative_paths(evaluation, workdir)
+    _write_json(os.path.join(workdir, "eval.json"), portable)
     if jax.process_index() == 0:
         report.write_report(workdir, rounds, evaluation, first["workdirs"]["doremi"], first["workdirs"]["baseline"])
         print(report.split_note(evaluation["split"]))
@@ -374,7 +377,18 @@ def run_pipeline(
         if evaluation.get("comparison"):
             print(comparison.table(evaluation["comparison"]))
         print(f"report: {os.path.join(workdir, 'report.md')}", flush=True)
-    return evaluation
+    return portable
+
+
+def _relative_paths(value: Any, root: str) -> Any:
+    """`value` with every path under `root` written relative to it."""
+    if isinstance(value, dict):
+        return {k: _relative_paths(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relative_paths(v, root) for v in value]
+    if isinstance(value, str) and value.startswith(root.rstrip("/") + "/"):
+        return os.path.relpath(value, root)
+    return value
 
 
 def run_regmix(stages: "StageFactory", cfg: RegMixConfig, workdir: str, natural_weights: dict[str, float],
