@@ -107,62 +107,46 @@ class Evaluator:
         self.mesh, self.rules = mesh, list(rules)
         self.domains = list(domains)
         rows = sharding.local_batch_rows(mesh, batch_size)
-        self.batches, self.batches_weights = [], []
+        # The document of every target (numbered from 0 in each domain's stream), for
+        # the per-document sums: per batch its domain, which targets are scored, and
+        # their documents (batches hold one domain each, rows in stream order).
+        documents = [eval_target_documents(s, sequence_length, max_tokens) for s in streams]
+        self.num_documents = [int(d.max()) + 1 if d.size else 0 for d in documents]
+        next_row = [0] * len(streams)
+        self.batches, self.scored_targets = [], []
         for b in eval_batches(streams, sequence_length, batch_size, max_tokens):
             self.batches.append(sharding.make_global_batch(mesh, {k: v[rows] for k, v in b.items()}, batch_size))
-            self.batches_weights.append(b["decoder_loss_weights"])
+            d = int(b["domain_ids"][0, 0])
+            ids = documents[d][next_row[d]:next_row[d] + batch_size]
+            next_row[d] += batch_size
+            scored = b["decoder_loss_weights"] > 0  # the padding rows past `ids` are never scored
+            self.scored_targets.append((d, scored, ids[scored[: len(ids)]]))
         # Bytes per evaluated token, from the whole held-out stream (tokens are bytes
         # plus one EOS per document with the byte vocabulary).
         self.bytes_per_token = np.asarray(
             [s.num_bytes / max(s.num_tokens, 1) for s in streams], np.float64
         )
-        # The document of every target, batch by batch (rows as eval_batches lays them
-        # out: one domain per batch, padded with rows of -1).
-        self.target_documents, self.batch_domains = [], []
-        for d, stream in enumerate(streams):
-            docs = eval_target_documents(stream, sequence_length, max_tokens)
-            for start in range(0, len(docs), batch_size):
-                chunk = docs[start:start + batch_size]
-                pad = np.full((batch_size - len(chunk), sequence_length), -1, np.int32)
-                self.target_documents.append(np.concatenate([chunk, pad]))
-                self.batch_domains.append(d)
-        assert len(self.target_documents) == len(self.batches)
         self._step = jit_eval_step(model, mesh, param_shardings, len(self.domains))
 
     def __call__(self, params) -> PerplexityResult:
         k = len(self.domains)
         sums, counts = np.zeros(k), np.zeros(k)
-        doc_loss = [{} for _ in range(k)]  # domain -> {document: [loss sum, tokens]}
+        doc_loss = [np.zeros(n) for n in self.num_documents]
+        doc_tokens = [np.zeros(n, np.int64) for n in self.num_documents]
         with sharding.activate(self.mesh, self.rules):
             # A bounded number of batches in flight: with many virtual CPU devices on few
             # cores, a long queue of collective programs has deadlocked XLA:CPU's
             # rendezvous (128 queued eval batches on 8 devices and 2 cores, every time).
             for start in range(0, len(self.batches), _IN_FLIGHT):
                 outs = [self._step(params, b) for b in self.batches[start:start + _IN_FLIGHT]]
-                for i, (s, c, token_loss) in enumerate(jax.device_get(outs), start):
+                for (s, c, token_loss), (d, scored, ids) in zip(jax.device_get(outs),
+                                                                self.scored_targets[start:start + _IN_FLIGHT]):
                     sums += s
                     counts += c
-                    self._add_documents(doc_loss[self.batch_domains[i]], self.target_documents[i],
-                                        np.asarray(token_loss), np.asarray(self.batches_weights[i]))
+                    n = self.num_documents[d]
+                    doc_loss[d] += np.bincount(ids, weights=np.asarray(token_loss, np.float64)[scored], minlength=n)
+                    doc_tokens[d] += np.bincount(ids, minlength=n)
         nats = sums / np.maximum(counts, 1)
         bpb = nats / math.log(2) / self.bytes_per_token
-        documents = []
-        for per_doc in doc_loss:
-            keys = sorted(per_doc)
-            documents.append((np.asarray([per_doc[x][0] for x in keys], np.float64),
-                              np.asarray([per_doc[x][1] for x in keys], np.int64)))
+        documents = [(loss[tokens > 0], tokens[tokens > 0]) for loss, tokens in zip(doc_loss, doc_tokens)]
         return PerplexityResult(self.domains, nats, bpb, counts.astype(np.int64), documents)
-
-    @staticmethod
-    def _add_documents(per_doc: dict, doc_ids: np.ndarray, token_loss: np.ndarray, weights: np.ndarray) -> None:
-        scored = (weights > 0) & (doc_ids >= 0)
-        ids = doc_ids[scored]
-        if not ids.size:
-            return
-        unique, inverse = np.unique(ids, return_inverse=True)
-        loss = np.bincount(inverse, weights=token_loss[scored].astype(np.float64))
-        count = np.bincount(inverse)
-        for doc, l, n in zip(unique.tolist(), loss, count):
-            entry = per_doc.setdefault(doc, [0.0, 0])
-            entry[0] += float(l)
-            entry[1] += int(n)
