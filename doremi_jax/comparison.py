@@ -40,11 +40,19 @@ def _row(pairs: Sequence[Mapping[str, Any]], key: str, domains: Sequence[str]) -
     }
 
 
-def _documents(pairs, key: str, split: str, domains: Sequence[str]):
-    docs = [read_documents(p["workdirs"][key], split, domains) for p in pairs]
-    if any(d is None for d in docs):  # runs from before the documents were kept: no held-out part
-        return [{d: (np.asarray([p[key]["log_perplexity"][d]]), np.asarray([1])) for d in domains} for p in pairs]
-    return docs
+def held_out_runs(pairs_by_key: Mapping[str, Sequence[Mapping[str, Any]]], split: str,
+                  domains: Sequence[str]) -> tuple[dict[str, list], bool]:
+    """Per key (a method or "baseline"), each seed's held-out documents on `split`, read
+    from the key's workdir in each pair (`report.compare`). When any run did not write
+    them (a run from before they were kept), every run becomes one one-token "document"
+    carrying its figure, so the runs stay paired and the intervals have no held-out
+    part. Returns (runs, whether the documents were read)."""
+    docs = {key: [read_documents(p["workdirs"][key], split, domains) for p in pairs]
+            for key, pairs in pairs_by_key.items()}
+    if all(run is not None for runs in docs.values() for run in runs):
+        return docs, True
+    return {key: [{d: (np.asarray([p[key]["log_perplexity"][d]]), np.asarray([1])) for d in domains} for p in pairs]
+            for key, pairs in pairs_by_key.items()}, False
 
 
 def build(pairs: Mapping[str, Sequence[Mapping[str, Any]]], judged: Mapping[str, Mapping[str, Any]],
@@ -65,11 +73,10 @@ def build(pairs: Mapping[str, Sequence[Mapping[str, Any]]], judged: Mapping[str,
     first = pairs[methods[0]]
     domains, split = first[0]["domains"], first[0]["split"]
     rows = {"baseline": _row(first, "baseline", domains)}
-    runs = {"baseline": _documents(first, "baseline", split, domains)}
+    runs, _ = held_out_runs({"baseline": first, **pairs}, split, domains)
     for m in methods:
         rows[m] = _row(pairs[m], m, domains)
         rows[m]["change"] = judged[m]["average"]["change"]
-        runs[m] = _documents(pairs[m], m, split, domains)
         cloze = judged[m].get("downstream", {}).get("cloze")
         if cloze:
             rows[m]["cloze_accuracy"] = cloze[m]

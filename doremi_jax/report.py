@@ -9,7 +9,6 @@ import numpy as np
 
 from doremi_jax import comparison, diagnostics, fileio, metrics
 from doremi_jax.eval import verdicts
-from doremi_jax.train.workdir import read_documents
 
 
 def _curve(workdir: str, key: str = "eval/log_perplexity/average") -> tuple[list[int], list[float]]:
@@ -61,12 +60,6 @@ def compare(doremi_dir: str, baseline_dir: str, doremi_summary: Mapping, baselin
     return result
 
 
-def _from_results(pairs, key: str, domains: Sequence[str]):
-    """Held-out "documents" of one token each carrying a run's figure: the changes'
-    interval then has no held-out part (runs that did not write their documents)."""
-    return [{d: (np.asarray([p[key]["log_perplexity"][d]]), np.asarray([1])) for d in domains} for p in pairs]
-
-
 def judge(pairs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The verdicts of one method against the baseline over its seeds (each pair from
     `compare`, paired by seed): per domain, the average and the worst case, each run's
@@ -75,11 +68,8 @@ def judge(pairs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     baseline's final average log-perplexity; downstream accuracy changes."""
     method, split = pairs[0]["method"], pairs[0]["split"]
     domains = pairs[0]["domains"]
-    method_docs = [read_documents(p["workdirs"][method], split, domains) for p in pairs]
-    baseline_docs = [read_documents(p["workdirs"]["baseline"], split, domains) for p in pairs]
-    if any(x is None for x in method_docs + baseline_docs):
-        method_docs, baseline_docs = _from_results(pairs, method, domains), _from_results(pairs, "baseline", domains)
-    changes = verdicts.log_perplexity_changes(method_docs, baseline_docs, domains)
+    runs, held_out_noise = comparison.held_out_runs({method: pairs, "baseline": pairs}, split, domains)
+    changes = verdicts.log_perplexity_changes(runs[method], runs["baseline"], domains)
 
     def entry(get, change):
         return {method: float(np.mean([get(p[method]) for p in pairs])),
@@ -98,7 +88,6 @@ def judge(pairs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "worse": changes["worse"],
         "correction": "Holm",
     }
-    held_out_noise = not any(read_documents(p["workdirs"][method], split, domains) is None for p in pairs)
     out["held_out_noise"] = held_out_noise
     out["documents"] = changes["documents"] if held_out_noise else {}
     out["tokens"] = changes["tokens"] if held_out_noise else {}
@@ -179,9 +168,9 @@ def verdicts_table(summary: Mapping[str, Any]) -> str:
              "|---|---:|---:|---:|---|---:|---:|"]
 
     def row(name, t, docs="", tokens=""):
-        verdict = verdicts.Interval.from_json(t["change"]).verdict()
-        return (f"| {name} | {t['baseline']:.4f} | {t[method]:.4f} | "
-                f"{verdicts.Interval.from_json(t['change']).text()} | {verdict} | {docs} | {tokens} |")
+        change = verdicts.Interval.from_json(t["change"])
+        return (f"| {name} | {t['baseline']:.4f} | {t[method]:.4f} | {change.text()} | {change.verdict()} | "
+                f"{docs} | {tokens} |")
 
     lines += [row(d, t, summary["documents"].get(d, ""), summary["tokens"].get(d, ""))
               for d, t in summary["log_perplexity"].items()]

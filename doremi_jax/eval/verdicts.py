@@ -116,11 +116,6 @@ def holm(p_values: Sequence[float], alpha: float = 1 - LEVEL) -> list[bool]:
 Documents = Mapping[str, tuple[np.ndarray, np.ndarray]]  # domain -> (loss sums, tokens) per document
 
 
-def documents_of(held_out: Mapping[str, Mapping[str, Sequence[float]]]) -> Documents:
-    """held_out_documents.json's entry for one split, as arrays."""
-    return {d: (np.asarray(v["loss"], np.float64), np.asarray(v["tokens"], np.int64)) for d, v in held_out.items()}
-
-
 def _check_paired(runs: Sequence[Documents], domains: Sequence[str]) -> None:
     for d in domains:
         first = runs[0][d][1]
