@@ -14,12 +14,16 @@ from doremi_jax.train.state import OptimizerConfig
 TINY = TransformerConfig(vocab_size=384, embed_dim=64, num_layers=2, num_heads=4, head_dim=16, mlp_dim=256, max_length=128)
 
 
-def write_corpus(root: str, docs: dict[str, list[str]], validation_fraction: float = 0.15) -> str:
+def write_corpus(root: str, docs: dict[str, list[str]], validation_fraction: float = 0.15,
+                  test_fraction: float = 0.0) -> str:
+    """DATA_DIR/<domain>/{validation,train}.jsonl, and test.jsonl with a test fraction."""
     for domain, texts in docs.items():
         folder = os.path.join(root, domain)
         os.makedirs(folder, exist_ok=True)
         n_val = max(1, int(len(texts) * validation_fraction))
-        for split, part in (("validation", texts[:n_val]), ("train", texts[n_val:])):
+        n_test = int(len(texts) * test_fraction)
+        splits = [("validation", texts[:n_val]), ("test", texts[n_val:n_val + n_test]), ("train", texts[n_val + n_test:])]
+        for split, part in splits if n_test else [splits[0], splits[2]]:
             with open(os.path.join(folder, f"{split}.jsonl"), "w") as f:
                 for t in part:
                     f.write(json.dumps({"text": t}) + "\n")

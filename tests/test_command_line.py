@@ -134,6 +134,41 @@ TINY_RUN = ["--gin_file=gin/runs/main.gin", "--gin_file=gin/models/tiny.gin", "-
             "--gin.SEQUENCE_LENGTH=64", "--gin.TrainConfig.eval_tokens_per_domain=512", "--gin.TRAIN_STEPS=2"]
 
 
+def test_a_corpus_with_a_test_split_from_the_command_line(tmp_path):
+    """train and evaluate on a written folder corpus with a test split: validation and
+    test scored and kept apart, the periodic curve on test, every scored document's
+    figures; a test split in some domains only is a one-line error."""
+    data = write_corpus(str(tmp_path / "corpus"), {d: english(20, 20 * i) for i, d in enumerate(("a", "b"))},
+                        validation_fraction=0.2, test_fraction=0.2)
+    gin = ["--gin_file=gin/runs/reference.gin", "--gin_file=gin/data/folder.gin",
+           *[a for a in SHRINK if "run_pipeline" not in a], f"--gin.DATA_DIR='{data}'"]
+    workdir = str(tmp_path / "run")
+    done = run_entry("train", *gin, "--gin.TRAIN_STEPS=4", "--gin.TrainConfig.eval_every=2", f"--workdir={workdir}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    s = json.load(open(os.path.join(workdir, "summary.json")))
+    assert s["test"]["log_perplexity"] != s["eval"]["log_perplexity"]
+    assert json.load(open(os.path.join(workdir, "test_results.json"))) == s["test"]
+    assert json.load(open(os.path.join(workdir, "eval_results.json"))) == s["eval"]
+    documents = json.load(open(os.path.join(workdir, "held_out_documents.json")))
+    for split, key in (("validation", "eval"), ("test", "test")):
+        for d in ("a", "b"):
+            figures = documents[split][d]
+            assert sum(figures["tokens"]) == s[key]["tokens"][d] and len(figures["tokens"]) == s[key]["documents"][d]
+            assert sum(figures["loss"]) / sum(figures["tokens"]) == pytest.approx(s[key]["log_perplexity"][d], rel=1e-5)
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [r["step"] for r in rows if "test/log_perplexity/average" in r] == [2, 4]
+    assert [r["step"] for r in rows if "eval/log_perplexity/average" in r] == [4]
+    evaluated = run_entry("evaluate", *gin, f"--workdir={workdir}")
+    assert evaluated.returncode == 0 and "validation:" in evaluated.stdout and "test:" in evaluated.stdout, \
+        evaluated.stderr[-2000:]
+
+    os.remove(os.path.join(data, "b", "test.jsonl"))
+    refused = run_entry("train", *gin, "--gin.TRAIN_STEPS=4", f"--workdir={tmp_path / 'other'}")
+    assert refused.returncode == 1
+    one_line_error(refused.stderr.strip().splitlines()[-1] + "\n", "['a'] have a test split and ['b'] do not")
+    assert not os.path.exists(tmp_path / "other" / "run.json")
+
+
 def in_process(main, args, capsys):
     """Run an entry in this process; returns (exit code, stderr)."""
     with pytest.raises(SystemExit) as exit_info:

@@ -151,12 +151,16 @@ def test_zstd_inputs_through_the_pile_entry(tmp_path):
     os.remove(os.path.join(inputs, "part-0.jsonl"))
     out = str(tmp_path / "out")
     done = run_entry("data.pile", f"--input={inputs}/*.jsonl.zst", f"--output_dir={out}",
-                     "--domain_field=meta/source", "--validation_fraction=0.2", *BEAM)
+                     "--domain_field=meta/source", "--validation_fraction=0.2", "--test_fraction=0.3", *BEAM)
     assert done.returncode == 0, done.stderr[-2000:]
     index = json.load(open(os.path.join(out, "index.json")))
     for d, texts in expected.items():
         counted = sum(t["documents"] for t in index["domains"][d].values())
         assert counted == len(texts)
+        # The test fraction held out by the hash, beside validation.
+        for split in ("train", "validation", "test"):
+            mine = [t for t in texts if preprocess.split_of(t, 0.2, 0.3) == split]
+            assert index["domains"][d].get(split, {}).get("documents", 0) == len(mine), (d, split)
 
 
 def test_test_fraction_is_held_out_by_the_same_hash_and_leaves_validation_as_it_was():
