@@ -60,12 +60,58 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path, capsys
     ckpt = checkpoints.Checkpointer(str(tmp_path / "ck"))
     restored, step = ckpt.restore_latest_readable(state)
     assert step == 2 and int(restored.step) == 2
-    assert "step 4 is unreadable" in capsys.readouterr().out
+    assert "step 4 is damaged" in capsys.readouterr().out
     # Kept for inspection, out of the way of the step being saved again.
     assert (tmp_path / "ck_unreadable" / "4").is_dir() and ckpt.latest_step() == 2
     ckpt.save(4, restored.replace(step=restored.step + 2))
     ckpt.close()
     assert checkpoints.Checkpointer(str(tmp_path / "ck")).latest_step() == 4
+
+
+def saved_steps(tmp_path, steps):
+    (state, _, _), _ = make_state(0, sharding.MeshConfig(data=-1))
+    ckpt = checkpoints.Checkpointer(str(tmp_path / "ck"), max_to_keep=3, asynchronous=False)
+    for step in steps:
+        ckpt.save(step, state.replace(step=state.step + step))
+    ckpt.close()
+    return state
+
+
+def test_when_no_checkpoint_restores_the_run_stops_and_moves_nothing(tmp_path):
+    state = saved_steps(tmp_path, (2, 4))
+    for step in (2, 4):
+        damage_checkpoint(tmp_path / "ck" / str(step))
+    with pytest.raises(checkpoints.CheckpointError, match=r"no checkpoint in .* restores \(step 4, 2: .*nothing was moved"):
+        checkpoints.Checkpointer(str(tmp_path / "ck")).restore_latest_readable(state)
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["2", "4"]
+    assert not (tmp_path / "ck_unreadable").exists()
+
+
+def test_a_checkpoint_of_another_optimizer_is_refused_not_set_aside(tmp_path):
+    saved_steps(tmp_path, (2, 4))
+    mesh_cfg = sharding.MeshConfig(data=-1)
+    tx = make_optimizer(OptimizerConfig(name="adafactor"), 10)
+    other, _, _ = setup.init_state(TINY, tx, np.full(3, 1 / 3), jax.random.PRNGKey(0), sharding.make_mesh(mesh_cfg),
+                                   mesh_cfg.rules, DoReMi())
+    with pytest.raises(checkpoints.CheckpointMismatch, match="step 4 holds another run's state: .*opt_state"):
+        checkpoints.Checkpointer(str(tmp_path / "ck")).restore_latest_readable(other)
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["2", "4"]
+
+
+def test_a_read_error_that_passes_is_retried_one_that_persists_stops(tmp_path, monkeypatch):
+    from doremi_jax import faults
+
+    state = saved_steps(tmp_path, (2, 4))
+    monkeypatch.setattr(checkpoints, "BACKOFF_S", 0.01)
+    monkeypatch.setattr(faults, "_visits", {})
+    monkeypatch.setenv("DOREMI_FAULT", "checkpoint_read@1:ioerror,checkpoint_read@2:ioerror")
+    restored, step = checkpoints.Checkpointer(str(tmp_path / "ck")).restore_latest_readable(state)
+    assert step == 4 and int(restored.step) == 4 and faults._visits["checkpoint_read"] == 3
+    monkeypatch.setenv("DOREMI_FAULT", "checkpoint_read:ioerror")
+    with pytest.raises(checkpoints.CheckpointError, match=r"step 4 could not be read after 5 tries \(\[Errno 5\]"):
+        checkpoints.Checkpointer(str(tmp_path / "ck")).restore_latest_readable(state)
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["2", "4"]
+    assert not (tmp_path / "ck_unreadable").exists()
 
 
 def test_a_full_disk_is_one_line_naming_the_path(tmp_path, capsys, monkeypatch):

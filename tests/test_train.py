@@ -91,9 +91,39 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys, extra, code, message):
 def test_workdir_of_another_experiment_is_refused_and_kept(finished_run, capsys):
     before = {f: os.path.getmtime(os.path.join(finished_run, f)) for f in os.listdir(finished_run)}
     code, err = in_process([*TINY_RUN, "--gin.TRAIN_STEPS=2", "--gin.TransformerConfig.num_layers=3", f"--workdir={finished_run}"], capsys)
-    assert code == 1 and "holds another run (differs in ['model'])" in err
+    assert code == 1 and "holds another run (differs in ['model']: model.num_layers: 2 in the workdir, 3 now)" in err
     after = {f: os.path.getmtime(os.path.join(finished_run, f)) for f in os.listdir(finished_run)}
     assert before == after
+
+
+def files_of(folder):
+    return {os.path.relpath(os.path.join(root, name), folder): os.path.getmtime(os.path.join(root, name))
+            for root, _, names in os.walk(folder) for name in names}
+
+
+def test_resuming_with_another_optimizer_is_refused_and_moves_nothing(finished_run, capsys):
+    """The resume that once set good checkpoints aside and trained again from step 0."""
+    before = files_of(finished_run)
+    code, err = in_process([*TINY_RUN, "--gin.TRAIN_STEPS=20", "--gin.OptimizerConfig.name='adafactor'",
+                            f"--workdir={finished_run}"], capsys)
+    assert code == 1 and err.count("\n") == 1, err
+    assert "differs in ['optimizer']: optimizer.name: 'adamw' in the workdir, 'adafactor' now" in err
+    assert "--gin.train.overwrite=True" in err
+    assert files_of(finished_run) == before and not os.path.exists(finished_run + "/checkpoints_unreadable")
+
+
+def test_a_checkpoint_that_cannot_be_read_is_retried_then_stops_the_run(finished_run, capsys, monkeypatch):
+    from doremi_jax import checkpoints, faults
+
+    monkeypatch.setattr(checkpoints, "BACKOFF_S", 0.01)
+    monkeypatch.setattr(faults, "_visits", {})
+    monkeypatch.setenv("DOREMI_FAULT", "checkpoint_read:ioerror")
+    before = files_of(finished_run)
+    code, err = in_process([*TINY_RUN, "--gin.TRAIN_STEPS=4", f"--workdir={finished_run}"], capsys)
+    assert code == 1 and err.count("\n") == 1, err
+    assert "step 2 could not be read after 5 tries" in err and "nothing was moved" in err
+    assert faults._visits["checkpoint_read"] == 5
+    assert files_of(finished_run) == before
 
 
 def test_proxy_needs_its_reference(tmp_path, capsys):

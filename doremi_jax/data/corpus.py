@@ -39,6 +39,8 @@ from doremi_jax.data.streams import CorpusError, TokenStream, join_documents  # 
 
 SPLITS = ("train", "validation", "test")
 REQUIRED_SPLITS = ("train", "validation")
+# Tokens read from each end of a stream for the corpus's fingerprint.
+_FINGERPRINT_TOKENS = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +57,17 @@ class Corpus:
 
     def token_counts(self, split: str = "train") -> np.ndarray:
         return np.asarray([s.num_tokens for s in self.streams[split]], np.int64)
+
+    def fingerprint(self) -> str:
+        """The contents, cheaply: per split and domain the token and document counts and
+        the first and last tokens. The same path holding another corpus is caught."""
+        h = hashlib.sha256()
+        for split in sorted(self.streams):
+            for domain, stream in zip(self.domains, self.streams[split]):
+                h.update(f"{split}/{domain}:{stream.num_tokens}:{len(stream.doc_starts)}|".encode())
+                for part in (stream.tokens[:_FINGERPRINT_TOKENS], stream.tokens[-_FINGERPRINT_TOKENS:]):
+                    h.update(np.ascontiguousarray(part, np.int32).tobytes())
+        return h.hexdigest()[:16]
 
 
 def split_files(data_dir: str, domain: str, split: str) -> list[str]:

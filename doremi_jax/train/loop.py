@@ -32,6 +32,16 @@ from doremi_jax.train.state import OptimizerConfig, make_optimizer
 from doremi_jax.train.workdir import TrainingError
 
 
+# TrainConfig fields a run may change when it resumes: how long it runs, how often it
+# logs, evaluates and checkpoints, how it lays the work out in memory (the same math) and
+# how far ahead it reads. Every other field is part of the run's identity.
+RESUMABLE = frozenset({
+    "train_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "async_checkpoints",
+    "prefetch", "tensorboard", "device_memory_gib", "max_nonfinite_steps", "microbatches", "eval_batch_size",
+    "max_epochs",
+})
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Length, batch and cadence of a run (T5X macro names in gin: TRAIN_STEPS, BATCH_SIZE)."""
@@ -192,6 +202,13 @@ def train(
         "stream": config.stream,
         "learning_rate": optimizer.learning_rate,
         "sampling_weights": np.round(np.asarray(fixed_sampling, np.float64), 8).tolist(),
+        # The whole optimizer (its state and its steps), what decides the data beyond the
+        # mixture, and the corpus's contents, not only its path.
+        "optimizer": dataclasses.asdict(optimizer),
+        "train": {name: value for name, value in dataclasses.asdict(config).items()
+                  if name not in RESUMABLE and name not in ("batch_size", "sequence_length", "seed", "stream")},
+        "packing": data.packing,
+        "corpus_contents": corpus.fingerprint(),
     }
     if data.stratified:  # only when on: workdirs from before the option stay resumable
         identity["stratified"] = True
@@ -223,10 +240,9 @@ def train(
             f"estimated {total / 2**30:.1f} GiB per device exceeds TrainConfig.device_memory_gib="
             f"{config.device_memory_gib}: shard more (gin/sharding/fsdp.gin), use remat, or a smaller batch"
         )
-    # Nothing was written before this point: a refused start leaves the workdir as it was.
+    # Nothing is written before the identity and the checkpoint are checked: a refused
+    # start leaves the workdir as it was.
     workdir_lib.check_identity(workdir, identity, overwrite and not eval_only, eval_only)
-    if config_text is not None and primary and not fileio.exists(os.path.join(workdir, "config.gin")):
-        fileio.write_text_atomic(os.path.join(workdir, "config.gin"), config_text)
 
     transformer = model.make()
     tx = make_optimizer(optimizer, config.train_steps)
@@ -242,6 +258,10 @@ def train(
         os.path.join(workdir, "checkpoints"), config.keep_checkpoints, config.async_checkpoints
     )
     state, start = ckpt.restore_latest_readable(state)
+    if not eval_only:  # the checkpoint fits this run: now its records may be written
+        workdir_lib.write_identity(workdir, identity)
+        if config_text is not None and primary and not fileio.exists(os.path.join(workdir, "config.gin")):
+            fileio.write_text_atomic(os.path.join(workdir, "config.gin"), config_text)
     if start is not None:
         if not eval_only:
             print(f"resuming from step {start}", flush=True)

@@ -31,14 +31,21 @@ RUN_OUTPUTS = (
 EVAL_IDENTITY = ("model", "domains", "vocabulary")
 
 
+# Identity fields added after workdirs existed without them: compared only when the
+# workdir's run.json has them, so that those runs stay resumable.
+ADDED_LATER = ("optimizer", "train", "packing", "corpus_contents")
+
+
 def check_identity(workdir: str, identity: dict, overwrite: bool, eval_only: bool = False) -> None:
-    """Refuse a workdir holding another run (a different corpus, vocabulary, batch,
-    sequence length, seed, learning rate or mixture); with overwrite, start afresh."""
+    """Refuse a workdir holding another run (a different corpus or its contents,
+    vocabulary, batch, sequence length, seed, optimizer or mixture), naming each
+    difference; with overwrite, start afresh. Nothing is written before this check."""
     path = os.path.join(workdir, "run.json")
     if fileio.exists(path):
         previous = json.loads(fileio.read_text(path))
         keys = EVAL_IDENTITY if eval_only else set(previous) | set(identity)
-        changed = sorted(k for k in keys if previous.get(k) != identity.get(k))
+        keys = [k for k in sorted(keys) if k in previous or k not in ADDED_LATER]
+        changed = [k for k in keys if previous.get(k) != identity.get(k)]
         if overwrite and changed:
             logging.warning("overwrite=True: removing the previous run in %s", workdir)
             if hosts.primary():
@@ -46,12 +53,40 @@ def check_identity(workdir: str, identity: dict, overwrite: bool, eval_only: boo
                     fileio.remove(os.path.join(workdir, name))
             sync_hosts("overwrite")
         elif changed:
+            differences = "; ".join(_differences(previous, identity, changed))
             raise TrainingError(
-                f"workdir {workdir!r} holds another run (differs in {changed}); "
-                "use a new workdir or pass overwrite=True (--gin.train.overwrite=True)"
+                f"workdir {workdir!r} holds another run (differs in {changed}: {differences}); resume with its settings, "
+                "start over with --gin.train.overwrite=True, or use a new workdir"
             )
-    if hosts.primary() and not eval_only:
-        fileio.write_text_atomic(path, json.dumps(identity, indent=2, sort_keys=True))
+
+
+def write_identity(workdir: str, identity: dict) -> None:
+    """run.json, once the run's checkpoint (if any) has restored: a start refused by its
+    checkpoint leaves the workdir's record as it was."""
+    if hosts.primary():
+        fileio.write_text_atomic(os.path.join(workdir, "run.json"), json.dumps(identity, indent=2, sort_keys=True))
+
+
+def _differences(previous: dict, current: dict, keys, limit: int = 3) -> list[str]:
+    """'optimizer.name: 'adamw' in the workdir, 'adafactor' now' for the first few
+    differing leaves under `keys`."""
+    found: list[str] = []
+
+    def walk(name, old, new):
+        if isinstance(old, dict) and isinstance(new, dict):
+            for k in sorted(set(old) | set(new)):
+                walk(f"{name}.{k}", old.get(k), new.get(k))
+        elif old != new:
+            found.append(f"{name}: {_short(old)} in the workdir, {_short(new)} now")
+
+    for key in keys:
+        walk(key, previous.get(key), current.get(key))
+    return found[:limit] + [f"{len(found) - limit} more"] if len(found) > limit else found
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def sync_hosts(name: str) -> None:
