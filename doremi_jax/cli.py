@@ -8,9 +8,12 @@ import sys
 from typing import Callable, Sequence
 
 from doremi_jax import config
+from doremi_jax.errors import InputError
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
+    """The project's own errors (what bad input raises). Anything else is a bug and keeps
+    its traceback."""
     from doremi_jax import checkpoints
     from doremi_jax.data import corpus
     from doremi_jax.train import loop
@@ -20,9 +23,26 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         corpus.CorpusError,
         checkpoints.CheckpointError,
         loop.TrainingError,
+        InputError,
         FileNotFoundError,
-        ValueError,
     )
+
+
+COMMON_FLAGS = """
+Flags every entry takes:
+  --gin_file=FILE        a gin file (repeatable; later files override earlier ones)
+  --gin.NAME=VALUE       a binding after the files, e.g. --gin.TRAIN_STEPS=100 or
+                         --gin.OptimizerConfig.name="'adafactor'" (strings in quotes)
+  --workdir=DIR          where the run's files go (--model_dir, T5X's name, also works)
+  -h, --help             this message
+
+Errors are one line on stderr: exit 2 for bad arguments or gin, 1 for bad input."""
+
+
+def usage(run: Callable) -> str:
+    """The entry's module docstring (its command and what it does) and the common flags."""
+    doc = (sys.modules[run.__module__].__doc__ or "").strip()
+    return f"{doc}\n{COMMON_FLAGS}"
 
 
 def require_workdir(rest: Sequence[str]) -> str:
@@ -52,6 +72,10 @@ def main(
     """Split argv into gin files, bindings and the rest, then call `run`; known errors
     become one line on stderr and exit status 1 (2 for bad arguments). With
     `tensorflow` (every entry but the bench), tensorflow is imported first, quietly."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "-h" in argv or "--help" in argv:
+        print(usage(run))
+        raise SystemExit(0)
     logging.basicConfig(level=os.environ.get("DOREMI_LOGLEVEL", "WARNING"), format="%(levelname)s %(message)s")
     if "DOREMI_LOGLEVEL" not in os.environ:
         from absl import logging as absl_logging  # orbax logs routine events as warnings
@@ -62,7 +86,6 @@ def main(
         from doremi_jax.data import tensorflow_runtime
 
         tensorflow_runtime.import_quietly()
-    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         files, bindings, rest = config.split_argv(argv)
         run(files, bindings, rest)

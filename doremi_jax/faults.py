@@ -12,6 +12,8 @@ import errno
 import os
 import signal
 
+from doremi_jax.errors import InputError
+
 _visits: dict[str, int] = {}
 
 
@@ -36,4 +38,4 @@ def fault_point(point: str) -> None:
             raise OSError(errno.EIO, f"injected I/O error at {point} (DOREMI_FAULT)")
         if action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
-        raise ValueError(f"DOREMI_FAULT={spec!r}: unknown action {action!r} (kill or ioerror)")
+        raise InputError(f"DOREMI_FAULT={spec!r}: unknown action {action!r} (kill or ioerror)")

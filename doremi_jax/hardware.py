@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from doremi_jax.errors import InputError
+
 GiB = 2**30
 
 
@@ -41,7 +43,7 @@ def tpu_chip(topology: str) -> Chip:
     """The chip of a topology name such as `v5p:2x2x2` (a clear error for another)."""
     name = topology.split(":", 1)[0].strip().lower()
     if name not in TPU_CHIPS:
-        raise ValueError(f"topology {topology!r}: unknown TPU {name!r}; expected one of {sorted(TPU_CHIPS)}")
+        raise InputError(f"topology {topology!r}: unknown TPU {name!r}; expected one of {sorted(TPU_CHIPS)}")
     return TPU_CHIPS[name]
 
 

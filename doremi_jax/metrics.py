@@ -15,6 +15,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from doremi_jax import fileio
+from doremi_jax.faults import fault_point
 
 
 def eval_prefix(split: str) -> str:
@@ -94,14 +95,18 @@ def _parse_rows(path: str) -> list[dict]:
     return rows
 
 
-def truncate_metrics(workdir: str, step: int) -> None:
+def truncate_metrics(workdir: str, step: int, evaluated_again: bool = False) -> None:
     """Keep only the rows up to `step` (the checkpoint a run resumes from): the steps
     after it are trained again, and each step's row must come from the parameters the
-    run ends with. Atomic; process 0 only calls it."""
+    run ends with. With `evaluated_again` (a finished run killed during its final
+    evaluation) the evaluation rows of `step` go too: they are written again, not twice.
+    Atomic; process 0 only calls it."""
     path = os.path.join(workdir, "metrics.jsonl")
     if not fileio.exists(path):
         return
-    rows = [r for r in _parse_rows(path) if isinstance(r, dict) and r.get("step", step + 1) <= step]
+    fault_point("metrics_truncation")
+    rows = [r for r in _parse_rows(path) if isinstance(r, dict) and r.get("step", step + 1) <= step
+            and not (evaluated_again and r["step"] == step and "loss" not in r)]
     fileio.write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from doremi_jax import cli, comparison, config, fileio, hosts, regmix as regmix_lib, report, sharding
 from doremi_jax.data import weights as weights_lib
+from doremi_jax.faults import fault_point
 from doremi_jax.models import model_flops_per_step
 from doremi_jax.train import methods as methods_lib, workdir as workdir_lib
 
@@ -140,19 +141,30 @@ class Stage:
             print(f"[{self.name}] done with the same configuration: skipped", flush=True)
             return self.summary(), fingerprint
         run_record = os.path.join(self.workdir, "run.json")
-        replace = fileio.exists(run_record) and (
-            json.loads(fileio.read_text(run_record)).get("pipeline_stage") != fingerprint
-        )
+        previous = json.loads(fileio.read_text(run_record)).get("pipeline_stage") if fileio.exists(run_record) else None
+        replace = previous is not None and previous != fingerprint
         if replace:
             print(f"[{self.name}] configuration or inputs changed: retraining", flush=True)
-        summary = config.train_with_gin(
-            self.workdir, self.gin_files, self.bindings, self.user_files, self.user_bindings,
-            overwrite=replace, stage_fingerprint=fingerprint,
-        )
+        if previous == fingerprint and self._finished():
+            # Killed after its summary and before stage.json: the run is complete, and
+            # starting it again would only evaluate it a second time.
+            summary = self.summary()
+        else:
+            summary = config.train_with_gin(
+                self.workdir, self.gin_files, self.bindings, self.user_files, self.user_bindings,
+                overwrite=replace, stage_fingerprint=fingerprint,
+            )
         if summary.get("stopped") == "preempted":
             raise SystemExit(0)  # the next start resumes this stage where it stopped
+        fault_point("before_stage_record")
         _write_json(self.record, {"fingerprint": fingerprint, "done": True})
         return summary, fingerprint
+
+    def _finished(self) -> bool:
+        """summary.json is the run's last file, written once it has finished (or was
+        preempted, which it says)."""
+        path = os.path.join(self.workdir, "summary.json")
+        return fileio.exists(path) and json.loads(fileio.read_text(path)).get("stopped") != "preempted"
 
     def summary(self) -> dict:
         """The finished stage's summary.json (written by whichever host trained it)."""
@@ -183,12 +195,12 @@ class StageFactory:
 
     def reference(self, k: int, weights: str, upstream: str) -> Stage:
         return Stage(self.workdir, f"round_{k}/reference", "reference", self.reference_gin,
-                     [*self.common_bindings, *self.reference_bindings, f"REFERENCE_WEIGHTS = '{weights}'"],
+                     [*self.common_bindings, *self.reference_bindings, f"REFERENCE_WEIGHTS = {weights!r}"],
                      self.command_line, upstream)
 
     def proxy(self, k: int, reference_dir: str, upstream: str) -> Stage:
         return Stage(self.workdir, f"round_{k}/proxy", "proxy", self.proxy_gin,
-                     [*self.common_bindings, *self.proxy_bindings, f"REFERENCE_DIR = '{reference_dir}'"],
+                     [*self.common_bindings, *self.proxy_bindings, f"REFERENCE_DIR = {reference_dir!r}"],
                      self.command_line, upstream)
 
     def main(self, name: str, weights: str, upstream: str, seed: int | None = None, method: str = "") -> Stage:
@@ -197,13 +209,13 @@ class StageFactory:
         seeded = [] if seed is None else [f"TrainConfig.seed = {seed}", f"DownstreamConfig.seed = {seed}"]
         chosen = [f"train.method = @{method}()"] if method else []
         return Stage(self.workdir, name, "main", self.main_gin,
-                     [*self.common_bindings, *self.main_bindings, f"MIXTURE_WEIGHTS = '{weights}'", *chosen, *seeded],
+                     [*self.common_bindings, *self.main_bindings, f"MIXTURE_WEIGHTS = {weights!r}", *chosen, *seeded],
                      self.command_line, upstream)
 
     def regmix_run(self, i: int, weights: str, upstream: str) -> Stage:
         """RegMix's i-th small run, on the mixture in `weights`."""
         return Stage(self.workdir, f"regmix/run_{i:03d}", "regmix", self.regmix_gin,
-                     [*self.common_bindings, *self.regmix_bindings, f"MIXTURE_WEIGHTS = '{weights}'"],
+                     [*self.common_bindings, *self.regmix_bindings, f"MIXTURE_WEIGHTS = {weights!r}"],
                      self.command_line, upstream)
 
 

@@ -16,6 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
+from doremi_jax.errors import InputError
+
 REGRESSORS = ("auto", "lightgbm", "linear")
 
 
@@ -38,7 +40,7 @@ def _make(regressor: str, n: int):
         return _LightGBM(n)
     if regressor == "linear":
         return _Linear()
-    raise ValueError(f"regressor={regressor!r}: expected one of {list(REGRESSORS)}")
+    raise InputError(f"regressor={regressor!r}: expected one of {list(REGRESSORS)}")
 
 
 class _LightGBM:
@@ -112,9 +114,9 @@ def fit(mixtures, losses, regressor: str = "auto") -> Fit:
     predictions rank the held-out runs better (LightGBM on a tie, the paper's)."""
     mixtures, losses = np.asarray(mixtures, np.float64), np.asarray(losses, np.float64)
     if regressor not in REGRESSORS:
-        raise ValueError(f"regressor={regressor!r}: expected one of {list(REGRESSORS)}")
+        raise InputError(f"regressor={regressor!r}: expected one of {list(REGRESSORS)}")
     if len(losses) < 4:
-        raise ValueError(f"RegMix needs at least 4 small runs to fit and check a regression, got {len(losses)}")
+        raise InputError(f"RegMix needs at least 4 small runs to fit and check a regression, got {len(losses)}")
     tried = ("lightgbm", "linear") if regressor == "auto" else (regressor,)
     scores = {r: held_out_correlation(r, mixtures, losses)[0] for r in tried}
     chosen = max(tried, key=lambda r: (scores[r], r == "lightgbm"))
@@ -131,7 +133,7 @@ def search(fit_: Fit, natural: Sequence[float], seed: int, candidates: int = 100
     if upper is not None:
         pool = pool[(pool <= np.asarray(upper, np.float64)[None] + 1e-12).all(axis=1)]
         if not len(pool):
-            raise ValueError("RegMix: no candidate mixture lies within the search bounds; run more small runs")
+            raise InputError("RegMix: no candidate mixture lies within the search bounds; run more small runs")
     best = np.argsort(fit_.predict(pool), kind="stable")[:top]
     mixture = pool[best].mean(axis=0)
     return mixture / mixture.sum()

@@ -9,6 +9,7 @@ import numpy as np
 
 from doremi_jax import comparison, diagnostics, fileio, metrics
 from doremi_jax.eval import verdicts
+from doremi_jax.faults import fault_point
 
 
 def _curve(workdir: str, key: str = "eval/log_perplexity/average") -> tuple[list[int], list[float]]:
@@ -370,6 +371,7 @@ def write_report(workdir: str, rounds: list[dict], evaluation: Mapping[str, Any]
         )
         lines += [f"![{task} accuracy over training](accuracy_{task}.png)", ""]
     path = os.path.join(workdir, "report.md")
+    fault_point("report")  # its plots written, report.md not yet
     fileio.write_text_atomic(path, "\n".join(lines))
     return path
 

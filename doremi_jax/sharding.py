@@ -22,6 +22,7 @@ from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from doremi_jax import hosts
+from doremi_jax.errors import InputError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -59,16 +60,16 @@ def resolve_axis_sizes(sizes: Sequence[int], num_devices: int) -> tuple[int, ...
     """Replace a single -1 by what fills `num_devices`; a clear error when they do not fit."""
     sizes = list(sizes)
     if sizes.count(-1) > 1:
-        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))}: at most one axis may be -1")
+        raise InputError(f"mesh {dict(zip(MESH_AXES, sizes))}: at most one axis may be -1")
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if num_devices % known:
-            raise ValueError(
+            raise InputError(
                 f"mesh {dict(zip(MESH_AXES, sizes))} does not divide the {num_devices} devices"
             )
         sizes[sizes.index(-1)] = num_devices // known
     if math.prod(sizes) != num_devices:
-        raise ValueError(
+        raise InputError(
             f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
             f"but {num_devices} are available"
         )
@@ -81,7 +82,7 @@ def make_mesh(cfg: MeshConfig = MeshConfig(), devices: Sequence[Any] | None = No
     devices = hosts.devices() if devices is None else list(devices)
     if cfg.dcn_data > 1:
         if len(devices) % cfg.dcn_data:
-            raise ValueError(f"dcn_data={cfg.dcn_data} does not divide {len(devices)} devices")
+            raise InputError(f"dcn_data={cfg.dcn_data} does not divide {len(devices)} devices")
         per_slice = len(devices) // cfg.dcn_data
         ici = resolve_axis_sizes((cfg.data, cfg.fsdp, cfg.tensor), per_slice)
         grid = mesh_utils.create_hybrid_device_mesh(ici, (cfg.dcn_data, 1, 1), devices)

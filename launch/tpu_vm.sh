@@ -42,14 +42,20 @@ shift
 
 tpu() { run_cmd gcloud compute tpus tpu-vm "$@" --zone="$ZONE"; }
 on_all_hosts() { tpu ssh "$TPU_NAME" --worker=all --command="$1"; }
+check_entry() {
+  [[ "$1" =~ ^[a-z_.]+$ ]] || { echo "error: entry '$1' is not a doremi_jax module name" >&2; exit 2; }
+}
 
 # One remote command line for an entry; every host runs it, jax.distributed finds the
 # others on its own on TPU (DOREMI_DISTRIBUTED=1), process 0 writes the reports.
+# The run's folder name is shell-quoted; WORKDIR_ROOT is left to the remote shell to
+# expand (its default names $HOME there).
 remote_entry() {
-  local entry=$1 workdir=$2
+  local entry=$1 name=$2
   shift 2
-  local args
+  local args workdir
   args=$(printf '%q ' "$@")
+  workdir="$WORKDIR_ROOT/$(printf '%q' "$name")"
   echo "cd $REMOTE_DIR && mkdir -p $workdir && DOREMI_DISTRIBUTED=1 nohup python -m doremi_jax.$entry ${args}--workdir=$workdir > $workdir/log.txt 2>&1 &"
 }
 
@@ -64,24 +70,26 @@ case "$command" in
   run)
     [ $# -ge 2 ] || usage
     entry=$1 name=$2
+    check_entry "$entry"
     shift 2
-    on_all_hosts "$(remote_entry "$entry" "$WORKDIR_ROOT/$name" "$@")"
+    on_all_hosts "$(remote_entry "$entry" "$name" "$@")"
     ;;
   sweep)
     [ $# -ge 3 ] || usage
     entry=$1 name=$2
+    check_entry "$entry"
     shift 2
     axes=()
     while [ $# -gt 0 ] && [ "$1" != "--" ]; do axes+=("$1"); shift; done
     [ "${1:-}" = "--" ] && shift
     while IFS= read -r point; do
       read -ra overrides <<< "$point"
-      on_all_hosts "$(remote_entry "$entry" "$WORKDIR_ROOT/$name/$(sweep_slug "$point")" "$@" "${overrides[@]}")"
+      on_all_hosts "$(remote_entry "$entry" "$name/$(sweep_slug "$point")" "$@" "${overrides[@]}")"
     done < <(expand_grid "${axes[@]}")
     ;;
   logs)
     [ $# -ge 1 ] || usage
-    tpu ssh "$TPU_NAME" --worker=0 --command="tail -n 100 $WORKDIR_ROOT/$1/log.txt"
+    tpu ssh "$TPU_NAME" --worker=0 --command="tail -n 100 $WORKDIR_ROOT/$(printf '%q' "$1")/log.txt"
     ;;
   delete)
     tpu delete "$TPU_NAME" --quiet

@@ -36,6 +36,24 @@ def test_tpu_vm_run_passes_gin_arguments_to_every_host():
                       "--gin.DATA_DIR='/data/my corpus'", "--workdir=$HOME/doremi_runs/demo"]
 
 
+def test_tpu_vm_quotes_the_run_name_for_the_remote_shell(tmp_path):
+    """A run name with a space, a quote and a command in it stays one folder name."""
+    name = "my run's; touch pwned"
+    (ssh,) = dry("tpu_vm.sh", "run", "train", name, "--gin_file=gin/runs/reference.gin")
+    remote = ssh[7].removeprefix("--command=")
+    # What the remote shell would run, expanded here with a stand-in HOME.
+    script = remote.replace("cd doremi_jax && ", "").replace("nohup python", "echo").rstrip(" &")
+    out = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "HOME": str(tmp_path)}, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert sorted(os.listdir(tmp_path / "doremi_runs")) == [name] and not (tmp_path / "pwned").exists()
+    logged = (tmp_path / "doremi_runs" / name / "log.txt").read_text()
+    assert logged.strip().endswith(f"--workdir={tmp_path}/doremi_runs/{name}")
+    bad = subprocess.run(["bash", os.path.join(REPO, "launch", "tpu_vm.sh"), "--dry-run", "run", "train;rm", "x"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "is not a doremi_jax module name" in bad.stderr
+
+
 def test_sweep_expands_the_grid_into_distinct_workdirs():
     lines = dry("tpu_vm.sh", "sweep", "train", "eta", "DoReMi.learning_rate=0.1,1", "DoReMi.smoothing=1e-4,1e-3",
                 "--", "--gin_file=gin/runs/proxy.gin")

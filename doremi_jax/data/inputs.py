@@ -14,6 +14,7 @@ import numpy as np
 from doremi_jax import fileio
 from doremi_jax.data import corpus as corpus_lib
 from doremi_jax.data import demo, vocab as vocab_lib, weights as weights_lib
+from doremi_jax.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,4 +69,4 @@ def named_weights(spec: str, corpus: corpus_lib.Corpus) -> np.ndarray:
         return counts / counts.sum()
     if spec.endswith(".json") or fileio.exists(spec):
         return weights_lib.read_weights(fileio.shipped(spec), corpus.domains)
-    raise ValueError(f"weights {spec!r}: expected 'natural', 'uniform' or a path to a .json file")
+    raise InputError(f"weights {spec!r}: expected 'natural', 'uniform' or a path to a .json file")

@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from doremi_jax.data import scoring
 from doremi_jax.data.scoring import Example
+from doremi_jax.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +100,7 @@ def oneshot_preprocessor(dataset, *, name: str, source: seqio.DataSource):
     spec = SPECS[name]
     pool = [_shot_text(name, ex) for ex in source.get_dataset(split=spec.shot_split, shuffle=False).take(SHOT_POOL)]
     if not pool:
-        raise ValueError(f"one-shot task {name!r}: the {spec.shot_split!r} split has no example to show")
+        raise InputError(f"one-shot task {name!r}: the {spec.shot_split!r} split has no example to show")
     shots = tf.constant(pool)
     order = tf.constant(shot_order(len(pool)), tf.int64)
 
@@ -158,7 +159,7 @@ def register(data_dir: str | None = None, vocabulary: seqio.Vocabulary | None = 
 def examples(name: str, max_examples: int, data_dir: str | None = None) -> list[Example]:
     """The first `max_examples` evaluation examples of a task, as prompts and answers."""
     if name not in SPECS:
-        raise ValueError(f"unknown one-shot task {name!r}; expected one of {sorted(SPECS)} or 'cloze'")
+        raise InputError(f"unknown one-shot task {name!r}; expected one of {sorted(SPECS)} or 'cloze'")
     register(data_dir)
     task = seqio.get_mixture_or_task(task_name(name))
     ds = task.get_dataset(None, split=SPECS[name].eval_split, shuffle=False, use_cached=False, num_epochs=1,

@@ -25,10 +25,12 @@ skipped and counted).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import hashlib
 import io
 import json
+import logging
 import os
 import sys
 from typing import Iterable, Iterator, Sequence
@@ -38,6 +40,7 @@ import numpy as np
 from etils import epath
 
 from doremi_jax import fileio
+from doremi_jax.faults import fault_point
 from doremi_jax.data.weights import folder_name
 
 SPLITS = ("train", "validation", "test")
@@ -128,6 +131,9 @@ def write_shard(final: str, documents: Iterable[np.ndarray]) -> int:
     remote = fileio.is_remote(final)
     name = os.path.basename(final)
     tmp = os.path.join(tempfile.gettempdir(), f"{name}.tmp-{os.getpid()}") if remote else f"{final}.tmp-{os.getpid()}"
+    if not remote:  # a killed earlier attempt's part; one worker writes each shard
+        for stale in glob.glob(glob.escape(final) + ".tmp-*"):
+            os.remove(stale)
     writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
     lengths = []
     for ids in documents:
@@ -135,6 +141,7 @@ def write_shard(final: str, documents: Iterable[np.ndarray]) -> int:
         writer.write(_serialize(ids))
         lengths.append(int(ids.size) + 1)
     writer.close()
+    fault_point("shard_write")  # the shard written to its temporary name, not yet moved
     with fileio.open_file(final + ".lengths.npy", "wb") as f:
         np.save(f, np.asarray(lengths, np.int64))
     if remote:
@@ -195,6 +202,8 @@ def _build(p, inputs: Sequence[tuple[int, str]], output_dir: str, options: dict)
         (index, path), shards = element
         fileio.write_text_atomic(_done_path(output_dir, index, path), json.dumps(
             {"input": fileio.absolute(path), "shards": sorted(shards, key=lambda s: s["shard"])}))
+        print(f"done: {path} ({sum(s['documents'] for s in shards):,} documents, "
+              f"{sum(s['tokens'] for s in shards):,} tokens, {len(shards)} shard(s))", flush=True)
 
     return (
         p
@@ -229,8 +238,11 @@ def write_index(output_dir: str, vocabulary: str) -> dict:
 
 def preprocess(inputs: Sequence[str], output_dir: str, *, spm_model: str = "", domain_field: str = "meta/pile_set_name",
                text_field: str = "text", validation_fraction: float = 0.0, test_fraction: float = 0.0,
-               split: str = "", on_error: str = "fail", beam_args: Sequence[str] = ()) -> dict:
-    """Run the pipeline over the inputs not yet done; write and return the index."""
+               split: str = "", on_error: str = "fail", beam_args: Sequence[str] = (), quiet: bool = False) -> dict:
+    """Run the pipeline over the inputs not yet done; write and return the index. With
+    `quiet`, what Beam and its worker processes log is muted while the job runs (stdout,
+    where each finished input is reported, is not); an error still reaches the caller."""
+    from doremi_jax import quiet as quiet_lib
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -256,8 +268,9 @@ def preprocess(inputs: Sequence[str], output_dir: str, *, spm_model: str = "", d
     if todo:
         pipeline = beam.Pipeline(options=PipelineOptions(list(beam_args)))
         _build(pipeline, todo, output_dir, options)
-        result = pipeline.run()
-        result.wait_until_finish()
+        with quiet_lib.native_stderr_muted() if quiet else contextlib.nullcontext():
+            result = pipeline.run()
+            result.wait_until_finish()
         counters = result.metrics().query(beam.metrics.MetricsFilter().with_name("skipped_records"))["counters"]
         skipped = int(sum(c.committed or 0 for c in counters))
     index = write_index(output_dir, vocabulary)
@@ -279,7 +292,10 @@ def main(argv=None) -> None:
                         help="hold out this fraction of documents (by the same hash) as test, where results are judged")
     parser.add_argument("--split", default="", help="put every document in this split (train, validation or test)")
     parser.add_argument("--on_error", default="fail", choices=["fail", "skip"])
+    parser.add_argument("--verbose", action="store_true", help="Beam's, TensorFlow's and GCP's own logs too")
     args, beam_args = parser.parse_known_args(argv)
+    if not args.verbose:
+        _quiet()
     inputs = find_inputs(args.input)
     if not inputs:
         print(f"error: no files match {args.input!r}", file=sys.stderr)
@@ -288,7 +304,7 @@ def main(argv=None) -> None:
         index = preprocess(inputs, args.output_dir, spm_model=args.spm_model, domain_field=args.domain_field,
                            text_field=args.text_field, validation_fraction=args.validation_fraction,
                            test_fraction=args.test_fraction,
-                           split=args.split, on_error=args.on_error, beam_args=beam_args)
+                           split=args.split, on_error=args.on_error, beam_args=beam_args, quiet=not args.verbose)
     except (PreprocessError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -303,6 +319,20 @@ def main(argv=None) -> None:
             print(f"{domain:<24}{split:<11}{t['documents']:>12,} documents {t['tokens']:>16,} tokens {t['bytes']:>16,} bytes")
     print(f"{index['inputs_processed']} input file(s) processed, {len(inputs) - index['inputs_processed']} already done; "
           f"{index['skipped_records']} malformed record(s) skipped; index: {os.path.join(args.output_dir, 'index.json')}")
+
+
+def _quiet() -> None:
+    """Only this entry's lines: one per finished input, the table, or the one-line error.
+    Beam logs a worker's error with its traceback before raising it (reported here as one
+    line), and Beam, GCP and TensorFlow log routine start-up warnings."""
+    from doremi_jax import quiet
+    from doremi_jax.data import tensorflow_runtime
+
+    logging.getLogger().setLevel(logging.ERROR)
+    logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
+    tensorflow_runtime.import_quietly()
+    with quiet.native_stderr_muted():
+        import apache_beam  # noqa: F401
 
 
 def _preprocess_error(e: BaseException) -> str | None:

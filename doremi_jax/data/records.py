@@ -17,6 +17,7 @@ import numpy as np
 
 from doremi_jax import fileio
 from doremi_jax.data.streams import CorpusError, join_documents
+from doremi_jax.errors import InputError
 
 SUFFIXES = (".tfrecord", ".array_record")
 
@@ -88,7 +89,7 @@ def write_records(path: str, documents: Iterable[Sequence[int]], feature: str = 
         for doc in documents
     ]
     if not path.endswith(SUFFIXES):
-        raise ValueError(f"{path}: expected a .tfrecord or .array_record file")
+        raise InputError(f"{path}: expected a .tfrecord or .array_record file")
     fileio.makedirs(os.path.dirname(fileio.absolute(path)))
     if path.endswith(".array_record"):
         from array_record.python import array_record_module

@@ -22,6 +22,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from doremi_jax.data.corpus import TokenStream
+from doremi_jax.errors import InputError
 
 FEATURES = (
     "decoder_input_tokens",
@@ -60,7 +61,7 @@ class MixtureSampler:
         self.packing = packing
         for d, s in enumerate(self.streams):
             if s.num_tokens < 2:
-                raise ValueError(f"domain #{d} has {s.num_tokens} tokens: too few to sample")
+                raise InputError(f"domain #{d} has {s.num_tokens} tokens: too few to sample")
 
     @property
     def num_domains(self) -> int:

@@ -12,6 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
+from doremi_jax.errors import InputError
+
 
 def epochs_per_domain(token_counts: Sequence[int], weights: Sequence[float], token_budget: float) -> np.ndarray:
     counts = np.asarray(token_counts, np.float64)
@@ -26,7 +28,7 @@ def cap_weights(token_counts: Sequence[int], weights: Sequence[float], token_bud
     counts = np.asarray(token_counts, np.float64)
     caps = max_epochs * counts / token_budget  # the largest weight each domain may take
     if caps.sum() < 1.0:
-        raise ValueError(
+        raise InputError(
             f"a budget of {token_budget:,.0f} tokens repeats the whole corpus more than "
             f"{max_epochs} times; raise the cap or lower the budget"
         )

@@ -14,6 +14,7 @@ from typing import Iterable
 import numpy as np
 
 from doremi_jax import fileio
+from doremi_jax.errors import InputError
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 
@@ -54,7 +55,7 @@ class SentencePieceVocabulary:
             self._model_proto = f.read()
         self._sp = spm.SentencePieceProcessor(model_proto=self._model_proto)
         if (self._sp.pad_id(), self._sp.eos_id(), self._sp.unk_id()) != (PAD_ID, EOS_ID, UNK_ID):
-            raise ValueError(
+            raise InputError(
                 f"SentencePiece model {model_path!r}: pad/eos/unk ids are "
                 f"{self._sp.pad_id()}/{self._sp.eos_id()}/{self._sp.unk_id()}, expected 0/1/2"
             )
@@ -98,6 +99,6 @@ def make_vocabulary(kind: str = "byte", model_path: str | None = None):
         return ByteVocabulary()
     if kind == "sentencepiece":
         if not model_path:
-            raise ValueError("make_vocabulary: kind='sentencepiece' needs model_path")
+            raise InputError("make_vocabulary: kind='sentencepiece' needs model_path")
         return SentencePieceVocabulary(model_path)
-    raise ValueError(f"make_vocabulary: unknown kind {kind!r} (expected 'byte' or 'sentencepiece')")
+    raise InputError(f"make_vocabulary: unknown kind {kind!r} (expected 'byte' or 'sentencepiece')")

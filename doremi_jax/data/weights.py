@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from doremi_jax import fileio
+from doremi_jax.errors import InputError
 
 
 def folder_name(domain: str) -> str:
@@ -30,7 +31,7 @@ def _match_names(weights: Mapping[str, float], domains: Sequence[str]) -> dict[s
     for key, w in weights.items():
         name = key if key in domains else by_folder.get(folder_name(key), key)
         if name in out:
-            raise ValueError(f"domain {name!r} is given twice (as {key!r})")
+            raise InputError(f"domain {name!r} is given twice (as {key!r})")
         out[name] = w
     return out
 
@@ -39,23 +40,23 @@ def validate_weights(weights: Mapping[str, float], domains: Sequence[str], where
     """Weights in `domains` order, normalized to sum 1; a one-line error names what is wrong."""
     unknown = sorted(set(weights) - set(domains))
     if unknown:
-        raise ValueError(f"{where}: unknown domain(s) {unknown}; the corpus has {list(domains)}")
+        raise InputError(f"{where}: unknown domain(s) {unknown}; the corpus has {list(domains)}")
     missing = [d for d in domains if d not in weights]
     if missing:
-        raise ValueError(f"{where}: no weight for domain(s) {missing}")
+        raise InputError(f"{where}: no weight for domain(s) {missing}")
     values = []
     for d in domains:
         w = weights[d]
         if not isinstance(w, (int, float)) or isinstance(w, bool):
-            raise ValueError(f"{where}: weight of {d!r} is {w!r}, not a number")
+            raise InputError(f"{where}: weight of {d!r} is {w!r}, not a number")
         if math.isnan(w) or math.isinf(w):
-            raise ValueError(f"{where}: weight of {d!r} is {w}")
+            raise InputError(f"{where}: weight of {d!r} is {w}")
         if w < 0:
-            raise ValueError(f"{where}: weight of {d!r} is negative ({w})")
+            raise InputError(f"{where}: weight of {d!r} is negative ({w})")
         values.append(float(w))
     total = sum(values)
     if total <= 0:
-        raise ValueError(f"{where}: all weights are zero")
+        raise InputError(f"{where}: all weights are zero")
     return np.asarray(values, np.float64) / total
 
 
@@ -66,15 +67,15 @@ def read_weights(path: str, domains: Sequence[str]) -> np.ndarray:
     except FileNotFoundError:
         raise FileNotFoundError(f"weights file {path!r} does not exist") from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"weights file {path!r} is not valid JSON: {e}") from None
+        raise InputError(f"weights file {path!r} is not valid JSON: {e}") from None
     if isinstance(raw, dict) and isinstance(raw.get("train_domain_weights"), dict):
         raw = raw["train_domain_weights"]  # the reference implementation's config format
     if not isinstance(raw, dict):
-        raise ValueError(f"weights file {path!r}: expected a JSON object {{domain: weight}}")
+        raise InputError(f"weights file {path!r}: expected a JSON object {{domain: weight}}")
     try:
         raw = _match_names(raw, domains)
     except ValueError as e:
-        raise ValueError(f"weights file {path!r}: {e}") from None
+        raise InputError(f"weights file {path!r}: {e}") from None
     return validate_weights(raw, domains, f"weights file {path!r}")
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from doremi_jax import sharding
 from doremi_jax.data.vocab import PAD_ID
+from doremi_jax.errors import InputError
 from doremi_jax.models import Transformer, TransformerConfig
 
 
@@ -88,7 +89,7 @@ class Generator:
     def __init__(self, model_cfg: TransformerConfig, mesh, rules, param_shardings, cfg: DecodeConfig, stop_ids):
         dp = sharding.data_parallel_size(mesh)
         if cfg.batch_size % dp:
-            raise ValueError(f"DecodeConfig.batch_size={cfg.batch_size} is not divisible by the {dp} data-parallel devices")
+            raise InputError(f"DecodeConfig.batch_size={cfg.batch_size} is not divisible by the {dp} data-parallel devices")
         # Decoding keeps no activations for a backward pass: no remat.
         self.model = dataclasses.replace(model_cfg, remat_policy="none").make(decode=True)
         self.mesh, self.rules, self.cfg = mesh, list(rules), cfg

@@ -14,6 +14,7 @@ import numpy as np
 from doremi_jax.data import scoring
 from doremi_jax.eval import cloze, decoding
 from doremi_jax.data.scoring import Example
+from doremi_jax.errors import InputError
 
 CLOZE = "cloze"
 # The one-shot TFDS tasks of data/oneshot_tasks.py (named here so that a bad name fails
@@ -24,7 +25,7 @@ ONESHOT_TASKS = ("trivia_qa", "natural_questions_open", "web_questions", "squad_
 def check_tasks(tasks) -> None:
     unknown = [t for t in tasks if t != CLOZE and t not in ONESHOT_TASKS]
     if unknown:
-        raise ValueError(f"DownstreamConfig.tasks: unknown task(s) {unknown}; expected {[CLOZE, *ONESHOT_TASKS]}")
+        raise InputError(f"DownstreamConfig.tasks: unknown task(s) {unknown}; expected {[CLOZE, *ONESHOT_TASKS]}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +53,7 @@ def task_examples(cfg: DownstreamConfig, corpus, vocab) -> dict[str, list[Exampl
 
             out[task] = oneshot_tasks.examples(task, cfg.max_examples, cfg.tfds_data_dir)
         if not out[task]:
-            raise ValueError(f"downstream task {task!r} has no examples")
+            raise InputError(f"downstream task {task!r} has no examples")
     return out
 
 

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from doremi_jax.errors import InputError
+
 # Logical names of activations. They differ from the parameter names so that,
 # under FSDP, `embed` of a weight can be split over `fsdp` while the batch of an
 # activation is split over the same axis (the MaxText convention).
@@ -80,16 +82,16 @@ class TransformerConfig:
 
     def __post_init__(self):
         if self.attention_implementation not in ATTENTION_IMPLEMENTATIONS:
-            raise ValueError(
+            raise InputError(
                 f"TransformerConfig.attention_implementation={self.attention_implementation!r}: "
                 f"expected one of {list(ATTENTION_IMPLEMENTATIONS)}"
             )
         if self.attention_implementation == "cudnn" and self.dtype not in ("bfloat16", "float16"):
-            raise ValueError(
+            raise InputError(
                 f"TransformerConfig.attention_implementation='cudnn' needs dtype bfloat16 or float16, got {self.dtype!r}"
             )
         if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(
+            raise InputError(
                 f"TransformerConfig.remat_policy={self.remat_policy!r}: expected one of "
                 f"{sorted(REMAT_POLICIES)}"
             )
@@ -211,7 +213,7 @@ def causal_attention(q, k, v, segment_ids, block_size: int = 0, implementation: 
     length = q.shape[1]
     if not block_size or block_size >= length:
         if implementation == "cudnn" and jax.default_backend() != "gpu":
-            raise ValueError(
+            raise InputError(
                 f"TransformerConfig.attention_implementation='cudnn' needs a GPU; this run's backend is {jax.default_backend()}"
             )
         same_doc = segment_ids[:, :, None] == segment_ids[:, None, :]
@@ -220,7 +222,7 @@ def causal_attention(q, k, v, segment_ids, block_size: int = 0, implementation: 
             implementation="cudnn" if implementation == "cudnn" else None,
         )
     if length % block_size:
-        raise ValueError(f"sequence length {length} is not a multiple of attention_block_size={block_size}")
+        raise InputError(f"sequence length {length} is not a multiple of attention_block_size={block_size}")
     index = jnp.arange(length)
     # Heads next to batch once, so that every block's matmuls are batched over leading
     # dims (XLA:CPU would otherwise transpose each block's keys and values again).

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from doremi_jax import checkpoints, fileio, hosts, metrics as metrics_lib, sharding
+from doremi_jax.faults import fault_point
 from doremi_jax.data import inputs, prefetch as prefetch_lib, sampler as sampler_lib, stats
 from doremi_jax.eval import downstream as downstream_lib, perplexity
 from doremi_jax.models import TransformerConfig, param_count
@@ -313,12 +314,19 @@ def train(
 
     if primary:
         # Rows past the checkpoint (a killed run's last steps) are trained again below.
-        metrics_lib.truncate_metrics(workdir, start)
+        # A run that had finished training resumes only to evaluate again (it was killed
+        # before summary.json): its final evaluation rows are written again, not kept.
+        metrics_lib.truncate_metrics(workdir, start, evaluated_again=start >= config.train_steps)
         if start and config.tensorboard:
             metrics_lib.rebuild_tensorboard(workdir)
     writer = metrics_lib.MetricWriter(workdir, domains, enabled=primary, tensorboard=config.tensorboard)
     tokens_per_step = config.batch_size * config.sequence_length
     summary: dict[str, Any] = {"start_step": start, "stopped": "finished"}
+    if start and primary:  # what the steps before the checkpoint left: the same summary as one unbroken run
+        trained = [row for row in metrics_lib.read_metrics(workdir) if "loss" in row]
+        if trained:
+            summary["loss"] = trained[-1]["loss"]
+            summary["nonfinite_steps_total"] = sum(int(not row["step_ok"]) for row in trained)
     stop_early = method.early_stop()
 
     # --- The loop.
@@ -387,6 +395,7 @@ def train(
             if primary:
                 workdir_lib.write_eval(workdir, results, summary.get("downstream"))
         writer.close()
+        fault_point("after_final_eval")
     # Which processes trained it: all of them, or one alone (hosts.alone).
     summary["processes"] = sorted({int(d.process_index) for d in device_mesh.devices.flat})
     summary["prefetch"] = {"depth": config.prefetch, "rows_built": prefetcher.rows_built,

@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from doremi_jax.errors import InputError
+
 
 
 @struct.dataclass
@@ -58,7 +60,7 @@ def learning_rate_schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Sche
     elif cfg.decay == "constant":
         decay = optax.constant_schedule(cfg.learning_rate)
     else:
-        raise ValueError(f"OptimizerConfig.decay={cfg.decay!r}: expected cosine, rsqrt or constant")
+        raise InputError(f"OptimizerConfig.decay={cfg.decay!r}: expected cosine, rsqrt or constant")
     return optax.join_schedules([ramp, decay], [warmup])
 
 
@@ -69,7 +71,7 @@ def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTran
     elif cfg.name == "adafactor":
         core = optax.adafactor(schedule, weight_decay_rate=cfg.weight_decay or None)
     else:
-        raise ValueError(f"OptimizerConfig.name={cfg.name!r}: expected adamw or adafactor")
+        raise InputError(f"OptimizerConfig.name={cfg.name!r}: expected adamw or adafactor")
     if cfg.grad_clip_norm:
         return optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), core)
     return core

@@ -20,6 +20,7 @@ import optax
 from doremi_jax import bandit, dro
 from doremi_jax.losses import token_losses
 from doremi_jax.train.state import TrainState
+from doremi_jax.errors import InputError
 
 Batch = dict[str, jax.Array]
 
@@ -27,7 +28,7 @@ Batch = dict[str, jax.Array]
 def _split_microbatches(batch: Batch, microbatches: int) -> Batch:
     def split(x):
         if x.shape[0] % microbatches:
-            raise ValueError(f"batch of {x.shape[0]} rows does not split into {microbatches} microbatches")
+            raise InputError(f"batch of {x.shape[0]} rows does not split into {microbatches} microbatches")
         return x.reshape((microbatches, x.shape[0] // microbatches) + x.shape[1:])
 
     return jax.tree.map(split, batch)
@@ -184,7 +185,7 @@ def doremi_step(
         loss, grads, (batch_lam, proxy_means, ref_means) = _sum_over_microbatches(loss_and_grad, batch, microbatches)
         lam, alpha, dro_state = update_weights(batch_lam)
     else:
-        raise ValueError(f"accumulation={accumulation!r}: expected 'exact' or 'fast'")
+        raise InputError(f"accumulation={accumulation!r}: expected 'exact' or 'fast'")
 
     lam_ok = jnp.all(jnp.isfinite(lam)) & jnp.all(jnp.isfinite(alpha))
     new_state, grad_norm, ok = _finish(state, grads, loss, tx, lam_ok, domain_weights=alpha, method_state=dro_state)

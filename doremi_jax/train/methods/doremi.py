@@ -93,5 +93,5 @@ def write_mixture_gin(workdir: str, what: str) -> None:
     path = os.path.join(fileio.absolute(workdir), "domain_weights.json")
     fileio.write_text_atomic(
         os.path.join(workdir, "main_mixture.gin"),
-        f"# Train a main model on {what} of {workdir}.\ntrain.sampling_weights = '{path}'\n",
+        f"# Train a main model on {what} of {workdir}.\ntrain.sampling_weights = {path!r}\n",
     )
