@@ -76,3 +76,21 @@ def damage_checkpoint(step_dir) -> None:
             path.write_bytes(b"\0" * path.stat().st_size)
             damaged += 1
     assert damaged
+
+
+def assert_mixture_gin(workdir) -> None:
+    """main_mixture.gin binds the main run's sampling weights to this run's
+    domain_weights.json, by an absolute path that gin reads back (a quote in it too)."""
+    import ast
+
+    text = open(os.path.join(workdir, "main_mixture.gin")).read()
+    binding = [line for line in text.splitlines() if line.startswith("train.sampling_weights = ")]
+    assert len(binding) == 1, text
+    path = ast.literal_eval(binding[0].split(" = ", 1)[1])
+    assert path == os.path.join(os.path.abspath(workdir), "domain_weights.json") and os.path.isfile(path)
+
+
+def assert_png(path, min_bytes: int = 5000) -> None:
+    """A real plot: PNG's signature and more than an empty canvas's bytes."""
+    data = open(path, "rb").read()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > min_bytes, (path, len(data))

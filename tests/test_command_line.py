@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO
 from doremi_jax import cli, pipeline
 from doremi_jax.train import __main__ as train_main
-from helpers import write_corpus, write_three_domain_corpus
+from helpers import assert_png, write_corpus, write_three_domain_corpus
 
 # Shrinks any experiment to seconds a stage, on top of its own files and bindings.
 SHRINK = ["--gin_file=gin/models/tiny.gin", "--gin.BATCH_SIZE=8", "--gin.SEQUENCE_LENGTH=64",
@@ -86,7 +86,7 @@ def test_pipeline_on_a_folder_corpus_from_the_command_line(tmp_path):
     assert evaluation["odm"]["odm"] == odm["eval"] and evaluation["odm"]["weights"] == odm["average_domain_weights"]
     report = open(os.path.join(workdir, "report.md")).read()
     assert "## Main models: Online Data Mixing vs baseline weights" in report and "| domain | baseline log-ppl | ODM log-ppl |" in report
-    assert os.path.exists(os.path.join(workdir, "odm_rates.png"))
+    assert_png(os.path.join(workdir, "odm_rates.png"))
 
 
 @pytest.mark.slow

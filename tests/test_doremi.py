@@ -43,7 +43,7 @@ def test_proxy_logs_every_step(three_domain_run):
     alphas = np.asarray([[r[f"domain_weights/{d}"] for d in ("easy", "learnable", "noise")] for r in steps])
     last = [steps[-1][f"average_domain_weights/{d}"] for d in ("easy", "learnable", "noise")]
     np.testing.assert_allclose(alphas.mean(0), last, atol=1e-5)
-    assert (root / "proxy" / "main_mixture.gin").exists()
+    helpers.assert_mixture_gin(root / "proxy")
 
 
 def test_metrics_track_distance_and_average_change(three_domain_run):

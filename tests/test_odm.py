@@ -18,7 +18,7 @@ from doremi_jax.train.methods import OnlineDataMixing
 from doremi_jax.train.state import OptimizerConfig, make_optimizer
 
 from conftest import REPO
-from helpers import TINY, write_three_domain_corpus
+from helpers import TINY, assert_mixture_gin, write_three_domain_corpus
 from test_command_line import one_line_error, run_entry, train
 
 K = 4
@@ -158,7 +158,7 @@ def test_odm_trains_from_its_gin_file_on_a_written_corpus(tmp_path):
     # ends with the highest rate and the easy one with the lowest (unlike DoReMi's excess loss).
     final = trajectory[-1]
     assert final[2] == final.max() and final[0] == final.min(), final
-    assert os.path.exists(os.path.join(workdir, "main_mixture.gin"))
+    assert_mixture_gin(workdir)
 
 
 @pytest.mark.slow

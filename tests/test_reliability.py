@@ -80,9 +80,9 @@ def popen(args, limit_s=600):
     return proc
 
 
-def loss_rows(workdir):
-    rows = (json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl")))
-    return [(r["step"], r["loss"]) for r in rows if "loss" in r]
+def metric_rows(workdir):
+    """Every row of metrics.jsonl, the evaluation rows included, in order."""
+    return [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
 
 
 @pytest.mark.parametrize("stage", ["reference", "proxy", "odm"])
@@ -112,8 +112,9 @@ def test_sigkill_anywhere_then_resume_is_bit_identical(stage, reference, tmp_pat
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert s2["eval"] == s1["eval"]
-    # The log too: each step once, the row of the run the final parameters came from.
-    assert loss_rows(killed) == loss_rows(clean)
+    # The log too: each step once, the row of the run the final parameters came from,
+    # and the final evaluation's rows once.
+    assert metric_rows(killed) == metric_rows(clean)
     if stage in ("proxy", "odm"):
         assert s2["average_domain_weights"] == s1["average_domain_weights"]
         assert json.load(open(os.path.join(killed, "domain_weights.json"))) == json.load(open(os.path.join(clean, "domain_weights.json")))
@@ -184,7 +185,13 @@ def test_many_nan_steps_stop_with_a_clear_message(reference, tmp_path, monkeypat
     assert e.value.code == 1
     err = capsys.readouterr().err
     assert "4 non-finite steps in a row" in err and err.count("\n") == 1
-    assert checkpoints.Checkpointer(str(workdir / "checkpoints")).latest_step() is not None
+    # The checkpoints saved during the bad steps hold the params from before them (each
+    # bad step is skipped): finite, never a NaN state to resume from.
+    mesh_cfg = sharding.MeshConfig(data=-1)
+    abstract = setup.abstract_params(TINY, sharding.make_mesh(mesh_cfg), mesh_cfg.rules)[0]
+    params = checkpoints.restore_params(str(workdir / "checkpoints"), abstract)
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(params))
+    assert checkpoints.Checkpointer(str(workdir / "checkpoints")).latest_step() >= 4
 
 
 def _resources():
@@ -229,11 +236,13 @@ PIPELINE = ["--gin_file=gin/experiments/demo.gin", "--gin_file=gin/models/tiny.g
             "--gin.main/DownstreamConfig.prompt_length=48", "--gin.main/DownstreamConfig.max_new_tokens=4"]
 
 
-def run_pipeline_until(workdir, kill_after_s, fault=None):
-    """Start the pipeline entry (with DOREMI_FAULT=`fault`: killed at that named point);
-    SIGKILL it after `kill_after_s` seconds unless it ends first. Returns its exit code."""
+def run_pipeline_until(workdir, data_dir, kill_after_s, fault=None):
+    """Start the pipeline entry on the corpus in `data_dir` (with DOREMI_FAULT=`fault`:
+    killed at that named point); SIGKILL it after `kill_after_s` seconds unless it ends
+    first. Returns its exit code."""
     env = {**os.environ, "DOREMI_FAULT": fault} if fault else None
-    proc = subprocess.Popen([sys.executable, "-m", "doremi_jax.pipeline", *PIPELINE, f"--workdir={workdir}"],
+    args = [*PIPELINE, f"--gin.DATA_DIR={data_dir!r}", f"--workdir={workdir}"]
+    proc = subprocess.Popen([sys.executable, "-m", "doremi_jax.pipeline", *args],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     try:
         proc.wait(timeout=kill_after_s)
@@ -246,21 +255,19 @@ def run_pipeline_until(workdir, kill_after_s, fault=None):
 
 
 @pytest.fixture(scope="module")
-def clean_pipeline(tmp_path_factory):
-    """One uninterrupted pipeline run (and its length), for every kill test to match."""
-    workdir = str(tmp_path_factory.mktemp("pipeline") / "clean")
+def clean_pipeline(tmp_path_factory, demo_dir):
+    """One uninterrupted pipeline run, its corpus and its length, for every kill test to
+    match. Paths are data, not gin source: the workdir and the corpus's folder hold a
+    space and a quote (pasted into a stage's gin unquoted, they would break every stage)."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("pipeline")
+    data_dir = str(root / "the corpus's copy")
+    shutil.copytree(demo_dir, data_dir)
+    workdir = str(root / "clean run's dir")
     start = time.perf_counter()
-    assert run_pipeline_until(workdir, 900) == 0
-    return workdir, time.perf_counter() - start
-
-
-def pipeline_results(workdir):
-    out = {name: open(os.path.join(workdir, name)).read() for name in ("domain_weights.json", "eval.json")}
-    for stage in ("round_1/reference", "round_1/proxy", "main_doremi", "main_baseline"):
-        params, summary = final_state(os.path.join(workdir, stage))
-        out[stage] = ([np.asarray(x).tobytes() for x in jax.tree.leaves(params)], summary["eval"],
-                      loss_rows(os.path.join(workdir, stage)))
-    return out
+    assert run_pipeline_until(workdir, data_dir, 900) == 0
+    return workdir, data_dir, time.perf_counter() - start
 
 
 # What differs between two runs of one experiment by design: the step a run (re)started
@@ -285,7 +292,7 @@ def every_output(workdir):
             elif name in ("run.json", "stage.json"):
                 out[key] = {k: v for k, v in json.load(open(path)).items() if k not in PER_FOLDER}
             elif name == "metrics.jsonl":
-                out[key] = [json.loads(line) for line in open(path)]
+                out[key] = metric_rows(root)
             elif name.endswith(".png"):
                 out[key] = os.path.getsize(path) > 0
             else:  # gin wraps a long binding: unwrapped, so that only the folder's name differs
@@ -305,11 +312,11 @@ NAMED_POINTS = ["checkpoint_save@2", "metrics_truncation", "after_final_eval", "
 
 
 def test_kills_at_named_points_then_every_file_as_unkilled(clean_pipeline, tmp_path):
-    clean, _ = clean_pipeline
-    killed = str(tmp_path / "killed")
+    clean, data_dir, _ = clean_pipeline
+    killed = str(tmp_path / "killed run's dir")
     for point in NAMED_POINTS:
-        assert run_pipeline_until(killed, 900, fault=point) == -signal.SIGKILL, f"{point} was not reached"
-    assert run_pipeline_until(killed, 900) == 0
+        assert run_pipeline_until(killed, data_dir, 900, fault=point) == -signal.SIGKILL, f"{point} was not reached"
+    assert run_pipeline_until(killed, data_dir, 900) == 0
     got, want = every_output(killed), every_output(clean)
     assert sorted(got) == sorted(want)
     for key in want:
@@ -321,19 +328,19 @@ def test_random_kills_over_the_pipelines_life_then_identical_results(clean_pipel
     seed (DOREMI_KILL_SEED, default: the clock) is printed so a failure replays."""
     seed = int(os.environ.get("DOREMI_KILL_SEED", time.time_ns() % 100_000))
     rng = random.Random(seed)
-    clean, length = clean_pipeline
-    killed = str(tmp_path / "killed")
+    clean, data_dir, length = clean_pipeline
+    killed = str(tmp_path / "killed run's dir")
     # Three attempts, each killed at a time drawn over the whole run's length; one that
     # ends first counts as finished, and the attempts after it land in a rerun's
     # start-up, skips and report writes.
     schedule = []
     for _ in range(3):
         kill_at = rng.uniform(0.5, length)
-        code = run_pipeline_until(killed, kill_at)
+        code = run_pipeline_until(killed, data_dir, kill_at)
         schedule.append(f"{'killed' if code else 'finished before'} {kill_at:.2f} s")
     print(f"DOREMI_KILL_SEED={seed}: {schedule} (uninterrupted run {length:.1f} s)")
     assert any(s.startswith("killed") for s in schedule)
-    if run_pipeline_until(killed, 900) != 0:
+    if run_pipeline_until(killed, data_dir, 900) != 0:
         pytest.fail(f"DOREMI_KILL_SEED={seed}: the final run failed")
     got, want = every_output(killed), every_output(clean)
     assert sorted(got) == sorted(want), f"DOREMI_KILL_SEED={seed}, kills {schedule}"
