@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from doremi_jax import config
+from doremi_jax import config, quiet
 from doremi_jax.errors import InputError
 
 
@@ -76,6 +76,7 @@ def main(
     if "-h" in argv or "--help" in argv:
         print(usage(run))
         raise SystemExit(0)
+    quiet.skip_absent_tpu()
     logging.basicConfig(level=os.environ.get("DOREMI_LOGLEVEL", "WARNING"), format="%(levelname)s %(message)s")
     if "DOREMI_LOGLEVEL" not in os.environ:
         from absl import logging as absl_logging  # orbax logs routine events as warnings

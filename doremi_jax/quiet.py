@@ -8,6 +8,7 @@ DOREMI_LOGLEVEL set (to debug start-up) leaves everything as printed.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import sys
 
@@ -28,3 +29,24 @@ def native_stderr_muted():
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def skip_absent_tpu() -> None:
+    """With libtpu installed (the `tpu` extra) on a host without a TPU, jax tries the TPU
+    backend first and libtpu prints a dozen lines of probe warnings before jax falls back.
+    Where jax's own check of the PCI bus finds no TPU chip and JAX_PLATFORMS is not set,
+    jax is told to skip it; a TPU VM (chips on its bus) is left alone."""
+    if os.environ.get("JAX_PLATFORMS") or importlib.util.find_spec("libtpu") is None:
+        return
+    try:
+        from jax._src import hardware_utils
+
+        chips, _ = hardware_utils.num_available_tpu_chips_and_device_id()
+        gpu = hardware_utils.has_visible_nvidia_gpu()
+    except Exception:  # noqa: BLE001 - a private module: if it moves, jax probes as before
+        return
+    if chips:
+        return
+    import jax
+
+    jax.config.update("jax_platforms", "cuda,cpu" if gpu else "cpu")

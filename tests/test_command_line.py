@@ -291,3 +291,17 @@ def test_the_memory_estimate_fails_before_the_workdir_is_claimed(tmp_path, corpo
     code, err = train([*TINY_RUN, data, "--gin.TransformerConfig.remat_policy='full'", f"--workdir={workdir}"], capsys)
     assert code == 0, err
     assert json.load(open(workdir / "run.json"))["model"]["remat_policy"] == "full"
+
+
+def test_every_entry_answers_help_and_starts_without_tpu_probe_noise(tmp_path):
+    for entry in ("train", "evaluate", "pipeline", "bench", "aot"):
+        out = run_entry(entry, "--help")
+        assert out.returncode == 0, (entry, out.stderr[-2000:])
+        assert out.stdout.startswith(f"`python -m doremi_jax.{entry}") and "--gin.NAME=VALUE" in out.stdout, entry
+    # libtpu (the test extra installs it) on a host without a TPU: jax is not left to
+    # probe for one, so a refused start is its one line and nothing else.
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    out = subprocess.run([sys.executable, "-m", "doremi_jax.evaluate", "--gin_file=gin/runs/reference.gin",
+                          "--gin_file=gin/models/tiny.gin", f"--workdir={tmp_path / 'none'}"],
+                         cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 1 and out.stderr == f"error: no run to evaluate in '{tmp_path / 'none'}' (no run.json)\n"
