@@ -108,8 +108,33 @@ def test_resuming_with_another_optimizer_is_refused_and_moves_nothing(finished_r
                             f"--workdir={finished_run}"], capsys)
     assert code == 1 and err.count("\n") == 1, err
     assert "differs in ['optimizer']: optimizer.name: 'adamw' in the workdir, 'adafactor' now" in err
-    assert "--gin.train.overwrite=True" in err
+    assert "--gin.train.overwrite=True" in err and f"--gin.train.load_parameters_from=\"'{finished_run}'\"" in err
     assert files_of(finished_run) == before and not os.path.exists(finished_run + "/checkpoints_unreadable")
+
+
+def test_a_new_run_starts_from_another_runs_parameters(finished_run, tmp_path, capsys):
+    """The way on after that refusal: the parameters go on under another optimizer (at a
+    learning rate and weight decay of 0, one step leaves them as they were)."""
+    import jax
+    import numpy as np
+
+    from doremi_jax import checkpoints, sharding
+    from doremi_jax.train import setup
+    from helpers import TINY
+
+    workdir = str(tmp_path / "adafactor")
+    code, err = in_process([*TINY_RUN, "--gin.TRAIN_STEPS=1", "--gin.OptimizerConfig.name='adafactor'",
+                            "--gin.LEARNING_RATE=0.0", "--gin.OptimizerConfig.weight_decay=0.0",
+                            f"--gin.train.load_parameters_from='{finished_run}'",
+                            f"--workdir={workdir}"], capsys)
+    assert code == 0, err
+    mesh_cfg = sharding.MeshConfig(data=-1)
+    abstract = setup.abstract_params(TINY, sharding.make_mesh(mesh_cfg), mesh_cfg.rules)[0]
+    before = checkpoints.restore_params(os.path.join(finished_run, "checkpoints"), abstract)
+    after = checkpoints.restore_params(os.path.join(workdir, "checkpoints"), abstract)
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert json.load(open(os.path.join(workdir, "summary.json")))["start_step"] == 0
 
 
 def test_a_checkpoint_that_cannot_be_read_is_retried_then_stops_the_run(finished_run, capsys, monkeypatch):

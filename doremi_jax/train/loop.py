@@ -133,6 +133,7 @@ def train(
     eval_only: bool = False,
     config_text: str | None = None,
     stage_fingerprint: str = "",
+    load_parameters_from: str = "",
 ) -> dict[str, Any]:
     """Train one model in `workdir` and return a summary (also written to summary.json).
 
@@ -144,6 +145,9 @@ def train(
     end. With `eval_only`, only evaluates that checkpoint (`python -m doremi_jax.evaluate`).
     `config_text` (the parsed gin) is written to workdir/config.gin once the workdir's
     checks pass; `stage_fingerprint` (the pipeline's) is part of the run's identity.
+    `load_parameters_from` (a run's workdir, MaxText's load_parameters_path): a run with
+    no checkpoint of its own starts from that run's latest parameters, with a new
+    optimizer state at step 0 (how to keep a model's progress under another optimizer).
     Every check that can refuse the run comes before anything is written.
     """
     if not isinstance(method, MixtureMethod):
@@ -268,6 +272,15 @@ def train(
             print(f"resuming from step {start}", flush=True)
     elif eval_only:
         raise TrainingError(f"no complete checkpoint in {os.path.join(workdir, 'checkpoints')!r} to evaluate")
+    elif load_parameters_from:
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state.params)
+        try:
+            state = state.replace(params=checkpoints.restore_params(
+                os.path.join(load_parameters_from, "checkpoints"), abstract))
+        except checkpoints.CheckpointError as e:
+            raise TrainingError(f"train.load_parameters_from: {e}") from None
+        if primary:
+            print(f"parameters from {load_parameters_from!r}; optimizer state new, from step 0", flush=True)
     start = int(state.step)
     # Validation chooses (RegMix's target, a comparison's candidate); test, when the
     # corpus has one, is where results are judged, and so what the periodic evaluations

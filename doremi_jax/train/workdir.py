@@ -56,7 +56,8 @@ def check_identity(workdir: str, identity: dict, overwrite: bool, eval_only: boo
             differences = "; ".join(_differences(previous, identity, changed))
             raise TrainingError(
                 f"workdir {workdir!r} holds another run (differs in {changed}: {differences}); resume with its settings, "
-                "start over with --gin.train.overwrite=True, or use a new workdir"
+                "start over with --gin.train.overwrite=True, or use a new workdir (with "
+                f"--gin.train.load_parameters_from=\"{workdir!r}\" it starts from this run's parameters)"
             )
 
 
