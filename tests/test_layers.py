@@ -15,7 +15,8 @@ PACKAGE = os.path.join(REPO, "doremi_jax")
 # modules (metrics -> fileio) and the entries (cli -> config) may use their own layer.
 # No circle anywhere (the second test).
 LAYERS = [
-    {"models", "dro", "bandit", "sharding", "hosts", "fileio", "hardware", "quiet", "losses", "checkpoints", "metrics"},
+    {"models", "dro", "bandit", "sharding", "hosts", "fileio", "hardware", "quiet", "losses", "checkpoints", "metrics",
+     "errors", "faults"},
     {"data"},
     {"eval"},
     {"train"},

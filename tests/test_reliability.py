@@ -4,6 +4,7 @@ real run, and no resource growth over many restarts."""
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -295,9 +296,12 @@ def every_output(workdir):
                 out[key] = metric_rows(root)
             elif name.endswith(".png"):
                 out[key] = os.path.getsize(path) > 0
-            else:  # gin wraps a long binding: unwrapped, so that only the folder's name differs
-                text = open(path, "rb").read().replace(b"\\\n    ", b"")
-                out[key] = text.replace(workdir.encode(), b"<workdir>")
+            elif name.endswith(".gin"):  # gin wraps and quotes a long path by its length:
+                # compared without layout, quotes and the folder's name
+                layout = re.compile(r"""[\s'"()\\]""")
+                out[key] = layout.sub("", open(path).read()).replace(layout.sub("", workdir), "<workdir>")
+            else:
+                out[key] = open(path, "rb").read().replace(workdir.encode(), b"<workdir>")
     for stage in ("round_1/reference", "round_1/proxy", "main_doremi", "main_baseline"):
         params, _ = final_state(os.path.join(workdir, stage))
         out[f"{stage}/params"] = [np.asarray(x).tobytes() for x in jax.tree.leaves(params)]
