@@ -86,7 +86,10 @@ def metric_rows(workdir):
     return [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
 
 
-@pytest.mark.parametrize("stage", ["reference", "proxy", "odm"])
+# The plain LM stage (the reference) is killed and resumed in the pipeline kill tests
+# below (at its second checkpoint write, its metrics truncation, after its final
+# evaluation and before its stage record); here the two stages with a method state.
+@pytest.mark.parametrize("stage", ["proxy", "odm"])
 def test_sigkill_anywhere_then_resume_is_bit_identical(stage, reference, tmp_path):
     args = stage_args(stage, reference)
     clean, killed = str(tmp_path / "clean"), str(tmp_path / "killed")
@@ -98,7 +101,7 @@ def test_sigkill_anywhere_then_resume_is_bit_identical(stage, reference, tmp_pat
         for line in proc.stdout:
             # Kill right after a step's line: with a checkpoint every step, an asynchronous
             # write is usually in flight.
-            if line.startswith("step ") and int(line.split()[1].split("/")[0]) >= target and kills < 5:
+            if line.startswith("step ") and int(line.split()[1].split("/")[0]) >= target and kills < 3:
                 proc.send_signal(signal.SIGKILL)
                 kills += 1
                 target += rng.randint(2, 4)
@@ -107,7 +110,7 @@ def test_sigkill_anywhere_then_resume_is_bit_identical(stage, reference, tmp_pat
         if proc.returncode == 0:
             break
         assert proc.returncode == -signal.SIGKILL
-    assert kills >= 5
+    assert kills >= 3
     p1, s1 = final_state(clean)
     p2, s2 = final_state(killed)
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
