@@ -64,29 +64,38 @@ def require_workdir(rest: Sequence[str]) -> str:
     return workdir
 
 
+def _keep_compiled_programs() -> None:
+    """jax's persistent compilation cache (MaxText's `jax_cache_dir`): a restarted job,
+    the next seed, or the pipeline's next stage of the same shapes loads its compiled
+    steps instead of compiling them again. By default under DOREMI_CACHE (beside the
+    token cache); JAX_COMPILATION_CACHE_DIR moves it (gs:// too), and
+    JAX_ENABLE_COMPILATION_CACHE=false turns it off (both read by jax itself)."""
+    import jax
+
+    from doremi_jax.data.corpus import default_cache_dir
+
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", os.path.join(default_cache_dir(), "jax"))
+
+
 def main(
     run: Callable[[list[str], list[str], list[str]], None],
     argv: Sequence[str] | None = None,
-    tensorflow: bool = True,
 ) -> None:
     """Split argv into gin files, bindings and the rest, then call `run`; known errors
-    become one line on stderr and exit status 1 (2 for bad arguments). With
-    `tensorflow` (every entry but the bench), tensorflow is imported first, quietly."""
+    become one line on stderr and exit status 1 (2 for bad arguments)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if "-h" in argv or "--help" in argv:
         print(usage(run))
         raise SystemExit(0)
     quiet.skip_absent_tpu()
+    _keep_compiled_programs()
     logging.basicConfig(level=os.environ.get("DOREMI_LOGLEVEL", "WARNING"), format="%(levelname)s %(message)s")
     if "DOREMI_LOGLEVEL" not in os.environ:
         from absl import logging as absl_logging  # orbax logs routine events as warnings
 
         absl_logging.set_verbosity(absl_logging.ERROR)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if tensorflow:
-        from doremi_jax.data import tensorflow_runtime
-
-        tensorflow_runtime.import_quietly()
     try:
         files, bindings, rest = config.split_argv(argv)
         run(files, bindings, rest)

@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from doremi_jax import fileio
+from doremi_jax import fileio, quiet
 from doremi_jax.faults import fault_point
 
 
@@ -50,7 +50,8 @@ class MetricWriter:
         self._unflushed = 0
         if tensorboard:
             try:
-                from clu import metric_writers  # brings in tensorflow
+                quiet.tensorflow()  # clu imports it: quietly, and only when summaries are on
+                from clu import metric_writers
 
                 self._tb = metric_writers.create_default_writer(
                     os.path.join(workdir, "tensorboard"), asynchronous=True
@@ -116,7 +117,8 @@ def rebuild_tensorboard(workdir: str) -> None:
     TensorBoard would show twice. Process 0 only calls it; where clu is missing there
     are no events to rebuild."""
     try:
-        from clu import metric_writers  # brings in tensorflow
+        quiet.tensorflow()
+        from clu import metric_writers
     except ImportError:
         return
     folder = os.path.join(workdir, "tensorboard")

@@ -10,6 +10,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # One demo corpus and token cache for the whole session, away from the user's.
 os.environ.setdefault("DOREMI_CACHE", tempfile.mkdtemp(prefix="doremi-test-cache-"))
+# Compiled programs shared by every test and entry process of the session (the entries'
+# default place, set here for the in-process runs too), the small ones included: most
+# of a tiny run's time is compiling steps that an earlier run compiled already.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.environ["DOREMI_CACHE"], "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -109,4 +109,4 @@ def run(files, bindings, rest):
 
 
 if __name__ == "__main__":
-    cli.main(run, sys.argv[1:], tensorflow=False)
+    cli.main(run, sys.argv[1:])

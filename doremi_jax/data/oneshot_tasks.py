@@ -18,8 +18,11 @@ import dataclasses
 import functools
 
 import numpy as np
-import seqio
-import tensorflow as tf
+
+from doremi_jax import quiet
+
+tf = quiet.tensorflow()  # before seqio, which imports it with all its start-up noise
+import seqio  # noqa: E402
 
 from doremi_jax.data import scoring
 from doremi_jax.data.scoring import Example

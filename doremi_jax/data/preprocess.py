@@ -39,7 +39,7 @@ import numpy as np
 
 from etils import epath
 
-from doremi_jax import fileio
+from doremi_jax import fileio, quiet
 from doremi_jax.faults import fault_point
 from doremi_jax.data.weights import folder_name
 
@@ -111,7 +111,7 @@ def _vocabulary(spm_model: str):
 
 
 def _serialize(ids: np.ndarray) -> bytes:
-    import tensorflow as tf
+    tf = quiet.tensorflow()
 
     example = tf.train.Example()  # filled in place: half the time of building it from parts
     example.features.feature["targets"].int64_list.value.extend(ids.tolist())
@@ -325,12 +325,9 @@ def _quiet() -> None:
     """Only this entry's lines: one per finished input, the table, or the one-line error.
     Beam logs a worker's error with its traceback before raising it (reported here as one
     line), and Beam, GCP and TensorFlow log routine start-up warnings."""
-    from doremi_jax import quiet
-    from doremi_jax.data import tensorflow_runtime
-
     logging.getLogger().setLevel(logging.ERROR)
     logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
-    tensorflow_runtime.import_quietly()
+    quiet.tensorflow()
     with quiet.native_stderr_muted():
         import apache_beam  # noqa: F401
 

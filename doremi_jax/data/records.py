@@ -15,7 +15,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from doremi_jax import fileio
+from doremi_jax import fileio, quiet
 from doremi_jax.data.streams import CorpusError, join_documents
 from doremi_jax.errors import InputError
 
@@ -36,7 +36,7 @@ def _serialized(path: str) -> Iterator[bytes]:
         finally:
             reader.close()
     else:
-        import tensorflow as tf
+        tf = quiet.tensorflow()
 
         for record in tf.data.TFRecordDataset([path]).as_numpy_iterator():
             yield record
@@ -44,7 +44,7 @@ def _serialized(path: str) -> Iterator[bytes]:
 
 def read_documents(path: str, feature: str = "targets") -> Iterator[np.ndarray]:
     """The token ids of every record in one shard."""
-    import tensorflow as tf
+    tf = quiet.tensorflow()
 
     for i, record in enumerate(_serialized(path)):
         try:
@@ -80,7 +80,7 @@ def load_shards(files: Sequence[str], vocab, domain: str, feature: str = "target
 
 def write_records(path: str, documents: Iterable[Sequence[int]], feature: str = "targets") -> int:
     """Write token-id documents as one TFRecord or ArrayRecord shard (by suffix)."""
-    import tensorflow as tf
+    tf = quiet.tensorflow()
 
     serialized = [
         tf.train.Example(features=tf.train.Features(feature={

@@ -28,11 +28,12 @@ import re
 from typing import Mapping, Sequence
 
 import numpy as np
-import seqio
-import tensorflow as tf
 from etils import epath
 
-from doremi_jax import fileio
+from doremi_jax import fileio, quiet
+
+tf = quiet.tensorflow()  # before seqio, which imports it with all its start-up noise
+import seqio  # noqa: E402
 from doremi_jax.data import corpus as corpus_lib, shards as shard_reader
 from doremi_jax.data import demo
 from doremi_jax.data import weights as weights_lib
