@@ -1,6 +1,12 @@
-"""Test set-up: 8 fake CPU devices (before jax is imported) and a private cache."""
+"""Test set-up: 8 fake CPU devices (before jax is imported) and a private cache.
+
+pytest.ini runs the suite on two xdist workers (one per core here), a test file per
+worker at a time so that a module's shared runs are made once. The workers inherit
+this process's environment: one demo corpus, token cache and compilation cache for all.
+"""
 
 import os
+import shutil
 import tempfile
 
 os.environ["XLA_FLAGS"] = (
@@ -8,7 +14,9 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# One demo corpus and token cache for the whole session, away from the user's.
+# One demo corpus and token cache for the whole session, away from the user's (made by
+# the controller, or by a lone pytest process; removed by whoever made it).
+_OWN_CACHE = "DOREMI_CACHE" not in os.environ
 os.environ.setdefault("DOREMI_CACHE", tempfile.mkdtemp(prefix="doremi-test-cache-"))
 # Compiled programs shared by every test and entry process of the session (the entries'
 # default place, set here for the in-process runs too), the small ones included: most
@@ -34,6 +42,11 @@ def pytest_report_header(config):
 
 
 def pytest_configure(config):
+    if not hasattr(config, "workerinput"):  # the controller (or a run without xdist)
+        # Built once before the workers start, rather than by both at once.
+        from doremi_jax.data import demo
+
+        demo.build_demo_corpus()
     # An asynchronous writer thread (orbax / clu) can call into an asyncio loop that is
     # already closed at teardown. pytest turns that into an "unraisable" warning, and on
     # Python 3.11.7 formatting it in the summary has crashed pytest itself after every
@@ -55,6 +68,11 @@ def pytest_runtest_logreport(report):
 def pytest_collectreport(report):
     if report.skipped:  # a whole module skipped at import (`importorskip` at the top)
         _SKIPPED.append(report.nodeid)
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE and not hasattr(config, "workerinput"):
+        shutil.rmtree(os.environ["DOREMI_CACHE"], ignore_errors=True)
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -94,3 +94,20 @@ def assert_png(path, min_bytes: int = 5000) -> None:
     """A real plot: PNG's signature and more than an empty canvas's bytes."""
     data = open(path, "rb").read()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > min_bytes, (path, len(data))
+
+
+def final_state(workdir):
+    """A finished tiny run's final parameters (from its checkpoints) and summary.json."""
+    from doremi_jax import checkpoints, sharding
+    from doremi_jax.train import setup
+
+    mesh_cfg = sharding.MeshConfig(data=-1)
+    abstract = setup.abstract_params(TINY, sharding.make_mesh(mesh_cfg), mesh_cfg.rules)[0]
+    params = checkpoints.restore_params(os.path.join(workdir, "checkpoints"), abstract)
+    summary = json.load(open(os.path.join(workdir, "summary.json")))
+    return params, summary
+
+
+def metric_rows(workdir):
+    """Every row of metrics.jsonl, the evaluation rows included, in order."""
+    return [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
