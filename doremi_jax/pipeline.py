@@ -193,14 +193,17 @@ class StageFactory:
     regmix_gin: tuple[str, ...] = ("gin/runs/regmix.gin",)
     regmix_bindings: tuple[str, ...] = ()
 
-    def reference(self, k: int, weights: str, upstream: str) -> Stage:
-        return Stage(self.workdir, f"round_{k}/reference", "reference", self.reference_gin,
-                     [*self.common_bindings, *self.reference_bindings, f"REFERENCE_WEIGHTS = {weights!r}"],
+    def reference(self, k: int, weights: str, upstream: str, search: int | None = None) -> Stage:
+        """Round k's reference; with `search` (a search seed), its search's own, seeded by it."""
+        return Stage(self.workdir, f"{_search_folder(search)}round_{k}/reference", "reference", self.reference_gin,
+                     [*self.common_bindings, *self.reference_bindings, f"REFERENCE_WEIGHTS = {weights!r}",
+                      *_seeded(search)],
                      self.command_line, upstream)
 
-    def proxy(self, k: int, reference_dir: str, upstream: str) -> Stage:
-        return Stage(self.workdir, f"round_{k}/proxy", "proxy", self.proxy_gin,
-                     [*self.common_bindings, *self.proxy_bindings, f"REFERENCE_DIR = {reference_dir!r}"],
+    def proxy(self, k: int, reference_dir: str, upstream: str, search: int | None = None) -> Stage:
+        return Stage(self.workdir, f"{_search_folder(search)}round_{k}/proxy", "proxy", self.proxy_gin,
+                     [*self.common_bindings, *self.proxy_bindings, f"REFERENCE_DIR = {reference_dir!r}",
+                      *_seeded(search)],
                      self.command_line, upstream)
 
     def main(self, name: str, weights: str, upstream: str, seed: int | None = None, method: str = "") -> Stage:
@@ -212,11 +215,22 @@ class StageFactory:
                      [*self.common_bindings, *self.main_bindings, f"MIXTURE_WEIGHTS = {weights!r}", *chosen, *seeded],
                      self.command_line, upstream)
 
-    def regmix_run(self, i: int, weights: str, upstream: str) -> Stage:
+    def regmix_run(self, i: int, weights: str, upstream: str, search: int | None = None) -> Stage:
         """RegMix's i-th small run, on the mixture in `weights`."""
-        return Stage(self.workdir, f"regmix/run_{i:03d}", "regmix", self.regmix_gin,
-                     [*self.common_bindings, *self.regmix_bindings, f"MIXTURE_WEIGHTS = {weights!r}"],
+        return Stage(self.workdir, f"{_search_folder(search)}regmix/run_{i:03d}", "regmix", self.regmix_gin,
+                     [*self.common_bindings, *self.regmix_bindings, f"MIXTURE_WEIGHTS = {weights!r}",
+                      *_seeded(search)],
                      self.command_line, upstream)
+
+
+def _search_folder(search: int | None) -> str:
+    """Where a search's stages live: the workdir itself for the one search of the stages'
+    own seed, search_seed<s>/ for each of `run_pipeline.search_seeds`."""
+    return "" if search is None else f"search_seed{search}/"
+
+
+def _seeded(search: int | None) -> list[str]:
+    return [] if search is None else [f"TrainConfig.seed = {search}"]
 
 
 def _check_command_line(stages: Sequence[Stage], command_line: CommandLine) -> None:
@@ -251,6 +265,7 @@ def run_pipeline(
     max_rounds: int = 1,
     tolerance: float = 1e-3,
     main_seeds: Sequence[int] = (),
+    search_seeds: Sequence[int] = (),
     methods: Sequence[str] = (),
     regmix: RegMixConfig = RegMixConfig(),
     command_line: CommandLine = CommandLine(),
@@ -268,10 +283,22 @@ def run_pipeline(
     baseline's, on the same steps, batch and seeds, each compared with the baseline and
     all of them side by side (eval.json "comparison", report.md): `uniform` (fixed
     uniform rates), `odm` (Online Data Mixing from `baseline_weights`), `regmix` (the
-    mixture RegMix finds with `regmix`'s small runs, stages regmix/run_<i>)."""
+    mixture RegMix finds with `regmix`'s small runs, stages regmix/run_<i>).
+    `search_seeds`: with two or more, the searches (DoReMi's rounds, RegMix's small runs
+    and their random mixtures) are repeated once per seed, each in search_seed<s>/ with
+    TrainConfig.seed = s, and main seed i trains on search i mod S's mixture: the paired
+    intervals then cover the search's own variance, not only the main runs'. The top
+    domain_weights.json is the searches' mean, and eval.json "search" (report.md "The
+    search's own variance") their spread. Empty (default): one search on the stages' seed."""
     unknown = sorted(set(methods) - set(EXTRA_METHODS))
     if unknown:
         raise config.ConfigError(f"run_pipeline.methods: unknown {unknown}; expected some of {list(EXTRA_METHODS)}")
+    searches = [int(s) for s in search_seeds] if len(search_seeds) > 1 else [None]
+    seeds = [int(x) for x in main_seeds] if len(main_seeds) > 1 else [None]
+    if len(searches) > 1 and (len(seeds) < len(searches) or len(set(searches)) < len(searches)):
+        raise config.ConfigError(
+            f"run_pipeline.search_seeds={list(search_seeds)}: each search needs its own main seeds "
+            f"(run_pipeline.main_seeds={list(main_seeds)} has {len(set(main_seeds))}), and the seeds must differ")
     stages = StageFactory(
         workdir, tuple(reference_gin), tuple(proxy_gin), tuple(main_gin), tuple(common_bindings),
         tuple(reference_bindings), tuple(proxy_bindings), tuple(main_bindings), command_line,
@@ -291,68 +318,58 @@ def run_pipeline(
     if config_text is not None:
         config.write_file(os.path.join(workdir, "pipeline.gin"), config_text)
 
-    rounds, reference_weights, upstream = [], initial_reference_weights, "start"
-    domains: list[str] = []
     search_flops = {"doremi": 0.0}  # what each method spent choosing its mixture
-    for k in range(1, max_rounds + 1):
-        ref = reference_stage(k, reference_weights, upstream)
-        ref_summary, upstream = ref.run()
-        search_flops["doremi"] += _run_flops(ref, ref_summary)
-        proxy = proxy_stage(k, ref.workdir, upstream)
-        proxy_summary, upstream = proxy.run()
-        search_flops["doremi"] += _run_flops(proxy, proxy_summary)
-        domains = proxy_summary["domains"]
-        alpha_ref = _weights_of(ref.workdir, domains)
-        average = np.asarray([proxy_summary["average_domain_weights"][d] for d in domains])
-        change = float(np.max(np.abs(average - alpha_ref)))
-        rounds.append({
-            "round": k,
-            "reference_weights": dict(zip(domains, alpha_ref.tolist())),
-            "average_domain_weights": dict(zip(domains, average.tolist())),
-            "linf_change": change,
-            "proxy_steps": proxy_summary["step"],
-            "proxy_stopped": proxy_summary["stopped"],
-            "proxy_workdir": proxy.workdir,
-            "reference_workdir": ref.workdir,
-        })
-        print(f"round {k}: ‖ᾱ − α_ref‖∞ = {change:.4f} (tolerance {tolerance})", flush=True)
-        reference_weights = os.path.join(proxy.workdir, "domain_weights.json")
-        upstream = _file_hash(reference_weights) + upstream
-        if change < tolerance:
-            break
+    found: dict[int | None, dict[str, Any]] = {}  # search seed -> its rounds and mixtures
+    for search in searches:
+        rounds, ref_summary, flops = _doremi_rounds(stages, search, initial_reference_weights, max_rounds, tolerance)
+        domains = list(rounds[-1]["average_domain_weights"])
+        search_flops["doremi"] += flops
+        weights_file = os.path.join(workdir, _search_folder(search), "domain_weights.json")
+        weights_lib.write_weights(weights_file, domains, [rounds[-1]["average_domain_weights"][d] for d in domains])
+        _write_json(os.path.join(workdir, _search_folder(search), "rounds.json"), rounds)
+        found[search] = {"rounds": rounds, "doremi": weights_file}
+        if "regmix" in methods:
+            record = run_regmix(stages, regmix, workdir, ref_summary["natural_weights"], domains, search)
+            search_flops["regmix"] = search_flops.get("regmix", 0.0) + record["flops"]
+            found[search]["regmix"] = record
+    rounds = found[searches[0]]["rounds"]
+    final_weights = rounds[-1]["average_domain_weights"]
+    if len(searches) > 1:  # the searches' mean: what a user trains on, their spread aside
+        mean = np.mean([[found[s]["rounds"][-1]["average_domain_weights"][d] for d in domains] for s in searches], axis=0)
+        final_weights = dict(zip(domains, (mean / mean.sum()).tolist()))
+        weights_lib.write_weights(os.path.join(workdir, "domain_weights.json"), domains, list(final_weights.values()))
+        _write_json(os.path.join(workdir, "rounds.json"), rounds)
 
-    final = os.path.join(workdir, "domain_weights.json")
-    weights_lib.write_weights(final, domains, [rounds[-1]["average_domain_weights"][d] for d in domains])
-    _write_json(os.path.join(workdir, "rounds.json"), rounds)
+    def mixture(name: str, search: int | None) -> tuple[str, str, str]:
+        """The other methods' mixtures: (weights for MIXTURE_WEIGHTS, upstream, method)."""
+        if name == "regmix":
+            path = found[search]["regmix"]["weights_file"]
+            return path, _file_hash(path), ""
+        return {"uniform": ("uniform", "uniform", ""), "odm": (baseline_weights, "odm", ODM)}[name]
 
-    # The other methods' mixtures: name -> (weights for MIXTURE_WEIGHTS, upstream, method).
-    mixtures = {"uniform": ("uniform", "uniform", ""), "odm": (baseline_weights, "odm", ODM)}
-    regmix_record = None
-    if "regmix" in methods:
-        regmix_record = run_regmix(stages, regmix, workdir, ref_summary["natural_weights"], domains)
-        search_flops["regmix"] = regmix_record["flops"]
-        mixtures["regmix"] = (regmix_record["weights_file"], _file_hash(regmix_record["weights_file"]), "")
-
-    seeds = [int(x) for x in main_seeds] if len(main_seeds) > 1 else [None]
     per_seed, extra = [], {m: [] for m in methods}
     main_flops = 0.0
-    for seed in seeds:
+    for i, seed in enumerate(seeds):
         suffix = "" if seed is None else f"_seed{seed}"
-        doremi_stage = main_stage(f"main_doremi{suffix}", final, _file_hash(final), seed)
+        search = searches[i % len(searches)]
+        weights_file = found[search]["doremi"]
+        doremi_stage = main_stage(f"main_doremi{suffix}", weights_file, _file_hash(weights_file), seed)
         doremi_summary, _ = doremi_stage.run()
         main_flops = _run_flops(doremi_stage, doremi_summary)
         baseline_stage = main_stage(f"main_baseline{suffix}", baseline_weights, "baseline", seed)
         baseline_summary, _ = baseline_stage.run()
         pair = report.compare(doremi_stage.workdir, baseline_stage.workdir, doremi_summary, baseline_summary)
         pair["seed"] = seed
+        if search is not None:
+            pair["search_seed"] = search
         per_seed.append(pair)
         for m in methods:
-            weights, upstream, method = mixtures[m]
+            weights, upstream, method = mixture(m, search)
             stage = main_stage(f"main_{m}{suffix}", weights, upstream, seed, method=method)
             summary, _ = stage.run()
             extra[m].append(dict(
                 report.compare(stage.workdir, baseline_stage.workdir, summary, baseline_summary, m),
-                seed=seed, workdir=stage.workdir,
+                seed=seed, workdir=stage.workdir, **({} if search is None else {"search_seed": search}),
                 weights=summary.get("average_domain_weights") or summary["sampling_weights"],
             ))
 
@@ -360,14 +377,17 @@ def run_pipeline(
     evaluation = dict(first)  # the first seed's figures, plus the verdicts over every seed
     baseline = _weights_of(first["workdirs"]["baseline"], domains)
     evaluation["baseline_weights"] = dict(zip(domains, baseline.tolist()))
-    evaluation["doremi_weights"] = rounds[-1]["average_domain_weights"]
+    evaluation["doremi_weights"] = final_weights
     evaluation["verdicts"] = report.judge(per_seed)
     if len(per_seed) > 1:
         evaluation["per_seed"] = per_seed
     for m, pairs in extra.items():
         evaluation[m] = dict(pairs[0], verdicts=report.judge(pairs))
-    if regmix_record:
-        evaluation["regmix_search"] = {k: v for k, v in regmix_record.items() if k != "weights_file"}
+    if "regmix" in methods:
+        record = found[searches[0]]["regmix"]
+        evaluation["regmix_search"] = {k: v for k, v in record.items() if k != "weights_file"}
+    if len(searches) > 1:
+        evaluation["search"] = _search_spread(found, searches, domains)
     if methods:
         weights = {"baseline": evaluation["baseline_weights"], "doremi": evaluation["doremi_weights"],
                    **{m: pairs[0]["weights"] for m, pairs in extra.items()}}
@@ -392,6 +412,57 @@ def run_pipeline(
     return portable
 
 
+def _doremi_rounds(stages: "StageFactory", search: int | None, initial_reference_weights: str, max_rounds: int,
+                   tolerance: float) -> tuple[list[dict], dict, float]:
+    """One search's rounds of reference and proxy, until ‖ᾱ − α_ref‖∞ < tolerance or
+    max_rounds: the rounds' records, the last reference's summary and the FLOPs spent."""
+    rounds, reference_weights, upstream, flops = [], initial_reference_weights, "start", 0.0
+    for k in range(1, max_rounds + 1):
+        ref = stages.reference(k, reference_weights, upstream, search)
+        ref_summary, upstream = ref.run()
+        flops += _run_flops(ref, ref_summary)
+        proxy = stages.proxy(k, ref.workdir, upstream, search)
+        proxy_summary, upstream = proxy.run()
+        flops += _run_flops(proxy, proxy_summary)
+        domains = proxy_summary["domains"]
+        alpha_ref = _weights_of(ref.workdir, domains)
+        average = np.asarray([proxy_summary["average_domain_weights"][d] for d in domains])
+        change = float(np.max(np.abs(average - alpha_ref)))
+        rounds.append({
+            "round": k,
+            "reference_weights": dict(zip(domains, alpha_ref.tolist())),
+            "average_domain_weights": dict(zip(domains, average.tolist())),
+            "linf_change": change,
+            "proxy_steps": proxy_summary["step"],
+            "proxy_stopped": proxy_summary["stopped"],
+            "proxy_workdir": proxy.workdir,
+            "reference_workdir": ref.workdir,
+        })
+        which = "" if search is None else f" (search seed {search})"
+        print(f"round {k}{which}: ‖ᾱ − α_ref‖∞ = {change:.4f} (tolerance {tolerance})", flush=True)
+        reference_weights = os.path.join(proxy.workdir, "domain_weights.json")
+        upstream = _file_hash(reference_weights) + upstream
+        if change < tolerance:
+            break
+    return rounds, ref_summary, flops
+
+
+def _search_spread(found: dict, searches: Sequence[int], domains: Sequence[str]) -> dict[str, Any]:
+    """Each search's mixture per method, with the mean and the sample std over searches."""
+    out: dict[str, Any] = {"seeds": list(searches)}
+    per_method = {"doremi": {s: found[s]["rounds"][-1]["average_domain_weights"] for s in searches}}
+    if "regmix" in found[searches[0]]:
+        per_method["regmix"] = {s: found[s]["regmix"]["weights"] for s in searches}
+    for method, weights in per_method.items():
+        table = np.asarray([[weights[s][d] for d in domains] for s in searches])
+        out[method] = {
+            "weights": {str(s): weights[s] for s in searches},
+            "mean": dict(zip(domains, table.mean(axis=0).tolist())),
+            "std": dict(zip(domains, table.std(axis=0, ddof=1).tolist())),
+        }
+    return out
+
+
 def _relative_paths(value: Any, root: str) -> Any:
     """`value` with every path under `root` written relative to it."""
     if isinstance(value, dict):
@@ -404,14 +475,16 @@ def _relative_paths(value: Any, root: str) -> Any:
 
 
 def run_regmix(stages: "StageFactory", cfg: RegMixConfig, workdir: str, natural_weights: dict[str, float],
-               domains: Sequence[str]) -> dict[str, Any]:
+               domains: Sequence[str], search: int | None = None) -> dict[str, Any]:
     """RegMix's small runs (stages regmix/run_<i>, each skipped when done), the fit and
     the search; writes regmix/runs.json and regmix/domain_weights.json and returns the
     record (per run mixture and target loss, the fit's held-out rank correlations, the
-    chosen regressor, the mixture, the FLOPs spent)."""
-    folder = os.path.join(workdir, "regmix")
+    chosen regressor, the mixture, the FLOPs spent). With `search` (a search seed), in
+    that search's folder, its random mixtures and runs seeded by it too."""
+    folder = os.path.join(workdir, _search_folder(search), "regmix")
+    seed = cfg.seed + (search or 0)
     natural = np.asarray([natural_weights[d] for d in domains])
-    mixtures = regmix_lib.sample_mixtures(natural, cfg.runs, cfg.seed)
+    mixtures = regmix_lib.sample_mixtures(natural, cfg.runs, seed)
     target = list(cfg.target_domains) or list(domains)
     missing = sorted(set(target) - set(domains))
     if missing:
@@ -422,7 +495,7 @@ def run_regmix(stages: "StageFactory", cfg: RegMixConfig, workdir: str, natural_
     for i, mixture in enumerate(mixtures):
         path = os.path.join(folder, "mixtures", f"run_{i:03d}.json")
         weights_lib.write_weights(path, domains, mixture)
-        small_runs.append(stages.regmix_run(i, path, _file_hash(path)))
+        small_runs.append(stages.regmix_run(i, path, _file_hash(path), search))
     for i, stage in enumerate(small_runs):
         if not spread:
             stage.run()
@@ -448,7 +521,7 @@ def run_regmix(stages: "StageFactory", cfg: RegMixConfig, workdir: str, natural_
     fit = regmix_lib.fit(mixtures, losses, cfg.regressor)
     counts, budget, max_epochs = _main_budget(stages, domains)
     upper = regmix_lib.bounds(mixtures, counts, budget, max_epochs)
-    mixture = regmix_lib.search(fit, natural, cfg.seed + 1, cfg.candidates, cfg.top, upper)
+    mixture = regmix_lib.search(fit, natural, seed + 1, cfg.candidates, cfg.top, upper)
     weights_file = os.path.join(folder, "domain_weights.json")
     weights_lib.write_weights(weights_file, domains, mixture)
     corners = fit.predict(np.eye(len(domains)))

@@ -288,7 +288,7 @@ def _lambda_section(workdir: str, round_: Mapping[str, Any], domains: Sequence[s
 def write_report(workdir: str, rounds: list[dict], evaluation: Mapping[str, Any], doremi_dir: str, baseline_dir: str) -> str:
     domains = evaluation["domains"]
     baseline = [evaluation["baseline_weights"][d] for d in domains]
-    final = rounds[-1]["average_domain_weights"]
+    final = evaluation["doremi_weights"]  # the last round's ᾱ (the searches' mean with several)
     metrics.plot_weights(
         os.path.join(workdir, "weights.png"), domains,
         {"baseline": baseline, **{f"DoReMi round {r['round']}": [r["average_domain_weights"][d] for d in domains] for r in rounds}},
@@ -329,6 +329,7 @@ def write_report(workdir: str, rounds: list[dict], evaluation: Mapping[str, Any]
         "",
         "![domain weights](weights.png)",
         "",
+        *(_search_section(evaluation["search"], domains) if evaluation.get("search") else []),
         "## Rounds",
         "",
         "| round | ‖ᾱ − α_ref‖∞ | proxy steps |",
@@ -403,6 +404,31 @@ def _odm_section(workdir: str, odm: Mapping[str, Any], domains: Sequence[str], b
         f"mean rate went to {top}. DoReMi's excess loss over a reference does not reward what no model learns.",
         "",
     ]
+    return lines
+
+
+def _search_section(search: Mapping[str, Any], domains: Sequence[str]) -> list[str]:
+    """Each search seed's mixture, per method, with the mean and the spread over searches."""
+    seeds = search["seeds"]
+    lines = [
+        "## The search's own variance",
+        "",
+        f"The search was run {len(seeds)} times (search seeds {', '.join(map(str, seeds))}); main seed i trains "
+        f"on search i mod {len(seeds)}'s mixture, so the intervals above cover the search as well as the main "
+        "runs. The DoReMi weights above are the searches' mean.",
+        "",
+    ]
+    for method, label in (("doremi", "DoReMi"), ("regmix", "RegMix")):
+        if method not in search:
+            continue
+        table = search[method]
+        lines += [
+            f"| {label}: domain | " + " | ".join(f"search {s}" for s in seeds) + " | mean | std |",
+            "|---|" + "---:|" * (len(seeds) + 2),
+            *[f"| {d} | " + " | ".join(f"{table['weights'][str(s)][d]:.3f}" for s in seeds)
+              + f" | {table['mean'][d]:.3f} | {table['std'][d]:.3f} |" for d in domains],
+            "",
+        ]
     return lines
 
 

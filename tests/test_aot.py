@@ -190,6 +190,9 @@ def test_the_comparison_experiment_plans_odm_and_regmix_regmix_on_one_host(tmp_p
     plans, _ = aot_plan.plans(["gin/experiments/compare_demo.gin", "gin/models/tiny.gin"],
                               ["RegMixConfig.spread_over_hosts = False"])
     assert {p.name: p.one_host for p in plans} == {n: False for n in stages}
+    # Two searches: the rounds and the small runs twice; four main seeds of each mixture.
+    plans, _ = aot_plan.plans(["gin/experiments/compare_demo_search.gin", "gin/models/tiny.gin"], [])
+    assert {p.name: p.runs for p in plans} == {"reference": 2, "proxy": 2, "main": 16, "main_odm": 4, "regmix": 32}
 
 
 def test_a_configuration_that_cannot_fit_is_reported_before_anything_runs(tmp_path):

@@ -122,9 +122,12 @@ def test_rerun_skips_and_a_changed_proxy_redoes_what_follows(finished, capsys):
     assert after["main_baseline"] == before["main_baseline"]
 
 
-def test_several_main_seeds_give_paired_intervals(finished):
+def test_several_main_and_search_seeds_give_paired_intervals(finished):
+    """Two main seeds, each on its own search's weights (search_seed<s>/: the rounds run
+    again under TrainConfig.seed = s): the intervals pair them by seed and cover the
+    search's variance too."""
     workdir, _ = finished
-    evaluation = run(workdir, main_seeds=[0, 1])
+    evaluation = run(workdir, main_seeds=[0, 1], search_seeds=[0, 1])
     summary = evaluation["verdicts"]
     assert summary["seeds"] == [0, 1] and [e["seed"] for e in evaluation["per_seed"]] == [0, 1]
     for seed in (0, 1):
@@ -146,3 +149,30 @@ def test_several_main_seeds_give_paired_intervals(finished):
     assert "mean over 2 seed(s) (0, 1)" in report
     assert "DoReMi's average log-perplexity is" in report and "DoReMi's worst-case log-perplexity is" in report
     assert json.load(open(workdir / "eval.json"))["verdicts"] == json.loads(json.dumps(summary))
+
+    # Each search: its own folder, seed and weights; main seed i trained on search i's.
+    search = evaluation["search"]
+    assert search["seeds"] == [0, 1] and [e["search_seed"] for e in evaluation["per_seed"]] == [0, 1]
+    found = {}
+    for s in (0, 1):
+        assert f"TrainConfig.seed = {s}" in open(workdir / f"search_seed{s}/round_1/proxy/config.gin").read()
+        rounds = json.load(open(workdir / f"search_seed{s}" / "rounds.json"))
+        found[s] = json.load(open(workdir / f"search_seed{s}" / "domain_weights.json"))
+        assert [r["round"] for r in rounds] == [1, 2]
+        assert found[s] == pytest.approx(rounds[-1]["average_domain_weights"], abs=1e-6)
+        assert search["doremi"]["weights"][str(s)] == pytest.approx(found[s], abs=1e-6)
+        main = json.load(open(workdir / f"main_doremi_seed{s}" / "summary.json"))
+        assert main["sampling_weights"] == pytest.approx(found[s], abs=1e-6)
+    assert found[0] != found[1]  # another seed, another search
+    mean = {d: (found[0][d] + found[1][d]) / 2 for d in found[0]}
+    assert json.load(open(workdir / "domain_weights.json")) == pytest.approx(mean, abs=1e-6)
+    assert search["doremi"]["std"] == pytest.approx({d: abs(found[0][d] - found[1][d]) / 2 ** 0.5 for d in mean}, abs=1e-6)
+    assert "## The search's own variance" in report and "| DoReMi: domain | search 0 | search 1 | mean | std |" in report
+
+
+def test_search_seeds_without_a_main_seed_each_are_refused(tmp_path):
+    from doremi_jax import config
+
+    with pytest.raises(config.ConfigError, match=r"search_seeds=\[0, 1\]: each search needs its own main seeds"):
+        run(tmp_path / "w", main_seeds=[], search_seeds=[0, 1])
+    assert not os.path.exists(tmp_path / "w")

@@ -19,7 +19,7 @@ from doremi_jax.train import __main__ as train_main
 from doremi_jax.train import setup
 
 from conftest import REPO
-from helpers import final_state, metric_rows
+from helpers import TINY, final_state, metric_rows
 
 pytestmark = pytest.mark.slow  # subprocess runs: see pytest.ini for the fast tier
 

@@ -199,7 +199,7 @@ def test_evaluate_without_a_run(tmp_path, capsys):
     assert not (tmp_path / "none").exists()
 
 
-@pytest.mark.parametrize("experiment", ["demo", "pile_280m_to_8b", "pile_120m", "compare_demo", "compare_pile_120m"])
+@pytest.mark.parametrize("experiment", ["demo", "pile_280m_to_8b", "pile_120m", "compare_demo", "compare_demo_search", "compare_pile_120m"])
 def test_experiment_files_parse_with_their_stage_files(experiment):
     from doremi_jax import config, pipeline
     from doremi_jax.models import param_count

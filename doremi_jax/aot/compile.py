@@ -134,7 +134,7 @@ def _loop_free_costs(plan: StagePlan, mesh, step: str, num_domains: int) -> tupl
         model = dataclasses.replace(plan.model, num_layers=layers, scan_layers=False)
         ref = plan.method.reference_model or plan.model
         ref = dataclasses.replace(ref, num_layers=reference_layers, scan_layers=False)
-        compiled = _lowered(plan, model, mesh, step, num_domains, ref).compile(compiler_options=_NO_WINDOWED_EINSUM)
+        compiled = _compile(_lowered(plan, model, mesh, step, num_domains, ref), compiler_options=_NO_WINDOWED_EINSUM)
         return np.asarray(_costs(compiled))
 
     depth = plan.model.num_layers
@@ -176,6 +176,18 @@ def stage_steps(plan: StagePlan) -> list[str]:
     return ["doremi_step" if plan.method.needs_reference else "lm_step", "eval_step"]
 
 
+def _compile(lowered, **options):
+    """XLA's compile, never the persistent cache's: a program for compile-only devices
+    cannot be loaded back (there is no client to run it), and the figures are the
+    compiler's own."""
+    enabled = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        return lowered.compile(**options)
+    finally:
+        jax.config.update("jax_enable_compilation_cache", enabled)
+
+
 def compile_stage(plan: StagePlan, devices: list, chip: hardware.Chip, num_domains: int) -> list[StepReport]:
     """Compile `plan`'s train and eval steps for `devices`; one report per step."""
     mesh = sharding.make_mesh(plan.mesh, devices)
@@ -196,7 +208,7 @@ def compile_stage(plan: StagePlan, devices: list, chip: hardware.Chip, num_domai
                 cfg.sequence_length, plan.method.needs_reference,
             ).values())
         try:
-            compiled = _lowered(plan, plan.model, mesh, step, num_domains).compile()
+            compiled = _compile(_lowered(plan, plan.model, mesh, step, num_domains))
         except jax.errors.JaxRuntimeError as e:
             if "RESOURCE_EXHAUSTED" not in str(e):
                 raise

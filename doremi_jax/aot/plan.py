@@ -47,7 +47,7 @@ def plans(files: Sequence[str], bindings: Sequence[str]) -> tuple[list[StagePlan
     experiment = {
         name: config.query(f"run_pipeline.{name}")
         for name in ("reference_gin", "proxy_gin", "main_gin", "common_bindings", "reference_bindings",
-                     "proxy_bindings", "main_bindings", "max_rounds", "main_seeds", "methods")
+                     "proxy_bindings", "main_bindings", "max_rounds", "main_seeds", "search_seeds", "methods")
     }
     regmix = config.call_arguments("run_pipeline", ("regmix",)).get("regmix", pipeline.RegMixConfig())
     if experiment["reference_gin"] is None and experiment["main_gin"] is None:
@@ -64,7 +64,8 @@ def plans(files: Sequence[str], bindings: Sequence[str]) -> tuple[list[StagePlan
         listed("proxy_bindings"), listed("main_bindings"), command_line,
         tuple(regmix.gin_files), tuple(regmix.bindings),
     )
-    rounds = int(experiment["max_rounds"] or 1)
+    searches = max(1, len(experiment["search_seeds"] or ()))  # each repeats the rounds and small runs
+    rounds = int(experiment["max_rounds"] or 1) * searches
     seeds = max(1, len(experiment["main_seeds"] or ()))
     methods = set(listed("methods"))
     fixed_mains = 2 + len(methods & {"uniform", "regmix"})  # DoReMi, baseline, and these
@@ -76,7 +77,7 @@ def plans(files: Sequence[str], bindings: Sequence[str]) -> tuple[list[StagePlan
     if "odm" in methods:
         kinds.append(("main_odm", factory.main("main_odm", "natural", "", None, method=pipeline.ODM), seeds, False))
     if "regmix" in methods:
-        kinds.append(("regmix", factory.regmix_run(0, "uniform", ""), regmix.runs, regmix.spread_over_hosts))
+        kinds.append(("regmix", factory.regmix_run(0, "uniform", ""), regmix.runs * searches, regmix.spread_over_hosts))
     out = []
     for name, stage, runs, one_host in kinds:
         config.parse(stage.gin_files, stage.bindings, stage.user_files, stage.user_bindings,
