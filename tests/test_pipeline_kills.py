@@ -125,16 +125,25 @@ def test_random_kills_over_the_pipelines_life_then_identical_results(clean_pipel
     seed = int(os.environ.get("DOREMI_KILL_SEED", time.time_ns() % 100_000))
     rng = random.Random(seed)
     clean, data_dir, length = clean_pipeline
-    killed = str(tmp_path / "killed run's dir")
     # Three attempts, each killed at a time drawn over the whole run's length; one that
     # ends first counts as finished, and the attempts after it land in a rerun's
-    # start-up, skips and report writes.
-    schedule = []
-    for _ in range(3):
-        kill_at = rng.uniform(0.5, length)
-        code = run_pipeline_until(killed, data_dir, kill_at)
-        schedule.append(f"{'killed' if code else 'finished before'} {kill_at:.2f} s")
-    print(f"DOREMI_KILL_SEED={seed}: {schedule} (uninterrupted run {length:.1f} s)")
+    # start-up, skips and report writes. The uninterrupted run compiled with a cold
+    # compilation cache; when a warm run ends before every kill, the schedule is drawn
+    # again, in a fresh folder, over that warm run's length.
+    for attempt in range(2):
+        killed = str(tmp_path / f"killed run's dir {attempt}")
+        schedule, finished_in = [], None
+        for _ in range(3):
+            kill_at = rng.uniform(0.5, length)
+            start = time.perf_counter()
+            code = run_pipeline_until(killed, data_dir, kill_at)
+            if code == 0 and not schedule:
+                finished_in = time.perf_counter() - start
+            schedule.append(f"{'killed' if code else 'finished before'} {kill_at:.2f} s")
+        print(f"DOREMI_KILL_SEED={seed}: {schedule} (uninterrupted run {length:.1f} s)")
+        if any(s.startswith("killed") for s in schedule) or finished_in is None:
+            break
+        length = finished_in
     assert any(s.startswith("killed") for s in schedule)
     if run_pipeline_until(killed, data_dir, 900) != 0:
         pytest.fail(f"DOREMI_KILL_SEED={seed}: the final run failed")
