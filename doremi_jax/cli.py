@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from doremi_jax import config, quiet
+from doremi_jax import config, fileio, quiet
 from doremi_jax.errors import InputError
 
 
@@ -90,6 +90,10 @@ def main(
         raise SystemExit(0)
     quiet.skip_absent_tpu()
     _keep_compiled_programs()
+    if any(fileio.is_remote(a.split("=", 1)[-1].strip("'\"")) for a in argv):
+        from doremi_jax.data import tensorflow_runtime  # epath reaches gs:// through tf.io.gfile
+
+        tensorflow_runtime.tensorflow()
     logging.basicConfig(level=os.environ.get("DOREMI_LOGLEVEL", "WARNING"), format="%(levelname)s %(message)s")
     if "DOREMI_LOGLEVEL" not in os.environ:
         from absl import logging as absl_logging  # orbax logs routine events as warnings

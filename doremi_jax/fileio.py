@@ -13,8 +13,6 @@ import os
 
 from etils import epath
 
-from doremi_jax import quiet
-
 URI_PREFIXES = ("gs://", "s3://", "az://")
 # The checkout the package runs from: gin/ and weights/ live here.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,47 +36,39 @@ def shipped(path: str) -> str:
     return candidate if os.path.exists(candidate) else path
 
 
-def _path(path: str | os.PathLike) -> epath.Path:
-    """epath's Path; on an object store tensorflow (its gfile backend) is imported first,
-    quietly, rather than by epath with all its start-up noise."""
-    if is_remote(path):
-        quiet.tensorflow()
-    return epath.Path(path)
-
-
 def exists(path: str | os.PathLike) -> bool:
-    return _path(path).exists()
+    return epath.Path(path).exists()
 
 
 def isdir(path: str | os.PathLike) -> bool:
-    return _path(path).is_dir()
+    return epath.Path(path).is_dir()
 
 
 def makedirs(path: str | os.PathLike) -> None:
-    _path(path).mkdir(parents=True, exist_ok=True)
+    epath.Path(path).mkdir(parents=True, exist_ok=True)
 
 
 def size_and_mtime(path: str | os.PathLike) -> tuple[int, int]:
     """(bytes, modification time): nanoseconds on a local disk, whole seconds on a
     bucket (epath's resolution), so a rewritten local file is never taken for the old."""
     if is_remote(path):
-        st = _path(path).stat()
+        st = epath.Path(path).stat()
         return int(st.length), int(st.mtime) * 10**9
     st = os.stat(path)
     return st.st_size, st.st_mtime_ns
 
 
 def open_file(path: str | os.PathLike, mode: str = "r"):
-    return _path(path).open(mode)
+    return epath.Path(path).open(mode)
 
 
 def read_text(path: str | os.PathLike) -> str:
-    return _path(path).read_text()
+    return epath.Path(path).read_text()
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write to a temporary name, then rename: a reader never sees half a file."""
-    path = _path(path)
+    path = epath.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f"{path.name}.tmp-{os.getpid()}"
     tmp.write_text(text)
@@ -87,7 +77,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def remove(path: str | os.PathLike) -> None:
     """A file or a whole folder; nothing when it does not exist."""
-    path = _path(path)
+    path = epath.Path(path)
     if path.is_dir():
         path.rmtree()
     elif path.exists():
@@ -96,4 +86,4 @@ def remove(path: str | os.PathLike) -> None:
 
 def rename(source: str | os.PathLike, target: str | os.PathLike) -> None:
     """Move a file or folder (a rename where the store has one; gs:// copies)."""
-    _path(source).rename(target)
+    epath.Path(source).rename(target)

@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from doremi_jax import fileio, quiet
+from doremi_jax import fileio
 from doremi_jax.faults import fault_point
 
 
@@ -50,8 +50,7 @@ class MetricWriter:
         self._unflushed = 0
         if tensorboard:
             try:
-                quiet.tensorflow()  # clu imports it: quietly, and only when summaries are on
-                from clu import metric_writers
+                from clu import metric_writers  # tensorflow: the trainer imported it quietly
 
                 self._tb = metric_writers.create_default_writer(
                     os.path.join(workdir, "tensorboard"), asynchronous=True
@@ -117,7 +116,6 @@ def rebuild_tensorboard(workdir: str) -> None:
     TensorBoard would show twice. Process 0 only calls it; where clu is missing there
     are no events to rebuild."""
     try:
-        quiet.tensorflow()
         from clu import metric_writers
     except ImportError:
         return

@@ -3,12 +3,6 @@
 They write through their own logging straight to file descriptor 2, before any Python
 setting is read; the noise buries a run's first lines and says nothing about the run.
 DOREMI_LOGLEVEL set (to debug start-up) leaves everything as printed.
-
-TensorFlow is a guest in a JAX process: clu's TensorBoard writer, TFRecord shards,
-gs:// file access and the seqio Tasks bring it in, and nothing else needs it. It is
-imported where one of those is first used (`tensorflow()`), not at every start: a run
-without them starts about ten seconds sooner, which every restart of a preempted job
-and every stage's process pays.
 """
 
 from __future__ import annotations
@@ -57,15 +51,3 @@ def skip_absent_tpu() -> None:
 
     jax.config.update("jax_platforms", "cuda,cpu" if gpu else "cpu")
 
-
-def tensorflow():
-    """The tensorflow module, imported the first time without its start-up noise (oneDNN
-    and CUDA notices, a cuInit error) and with no GPU visible to it, so that it never
-    reserves accelerator memory that JAX needs (the habit of big_vision and T5X)."""
-    if "tensorflow" not in sys.modules:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        with native_stderr_muted():
-            import tensorflow as tf
-
-            tf.config.set_visible_devices([], "GPU")
-    return sys.modules["tensorflow"]

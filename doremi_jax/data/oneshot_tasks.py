@@ -19,9 +19,9 @@ import functools
 
 import numpy as np
 
-from doremi_jax import quiet
+from doremi_jax.data import tensorflow_runtime
 
-tf = quiet.tensorflow()  # before seqio, which imports it with all its start-up noise
+tf = tensorflow_runtime.tensorflow()  # before seqio, which imports it with all its start-up noise
 import seqio  # noqa: E402
 
 from doremi_jax.data import scoring

@@ -39,7 +39,8 @@ import numpy as np
 
 from etils import epath
 
-from doremi_jax import fileio, quiet
+from doremi_jax import fileio
+from doremi_jax.data import tensorflow_runtime
 from doremi_jax.faults import fault_point
 from doremi_jax.data.weights import folder_name
 
@@ -111,7 +112,7 @@ def _vocabulary(spm_model: str):
 
 
 def _serialize(ids: np.ndarray) -> bytes:
-    tf = quiet.tensorflow()
+    tf = tensorflow_runtime.tensorflow()
 
     example = tf.train.Example()  # filled in place: half the time of building it from parts
     example.features.feature["targets"].int64_list.value.extend(ids.tolist())
@@ -327,7 +328,7 @@ def _quiet() -> None:
     line), and Beam, GCP and TensorFlow log routine start-up warnings."""
     logging.getLogger().setLevel(logging.ERROR)
     logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
-    quiet.tensorflow()
+    tensorflow_runtime.tensorflow()
     with quiet.native_stderr_muted():
         import apache_beam  # noqa: F401
 

@@ -15,7 +15,8 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from doremi_jax import fileio, quiet
+from doremi_jax import fileio
+from doremi_jax.data import tensorflow_runtime
 from doremi_jax.data.streams import CorpusError, join_documents
 from doremi_jax.errors import InputError
 
@@ -36,7 +37,7 @@ def _serialized(path: str) -> Iterator[bytes]:
         finally:
             reader.close()
     else:
-        tf = quiet.tensorflow()
+        tf = tensorflow_runtime.tensorflow()
 
         for record in tf.data.TFRecordDataset([path]).as_numpy_iterator():
             yield record
@@ -44,7 +45,7 @@ def _serialized(path: str) -> Iterator[bytes]:
 
 def read_documents(path: str, feature: str = "targets") -> Iterator[np.ndarray]:
     """The token ids of every record in one shard."""
-    tf = quiet.tensorflow()
+    tf = tensorflow_runtime.tensorflow()
 
     for i, record in enumerate(_serialized(path)):
         try:
@@ -80,7 +81,7 @@ def load_shards(files: Sequence[str], vocab, domain: str, feature: str = "target
 
 def write_records(path: str, documents: Iterable[Sequence[int]], feature: str = "targets") -> int:
     """Write token-id documents as one TFRecord or ArrayRecord shard (by suffix)."""
-    tf = quiet.tensorflow()
+    tf = tensorflow_runtime.tensorflow()
 
     serialized = [
         tf.train.Example(features=tf.train.Features(feature={

@@ -13,7 +13,8 @@ import io
 
 import numpy as np
 
-from doremi_jax import fileio, quiet
+from doremi_jax import fileio
+from doremi_jax.data import tensorflow_runtime
 from doremi_jax.data.streams import TokenStream
 
 LENGTHS = ".lengths.npy"
@@ -65,7 +66,7 @@ class ShardTokens:
         return whole if dtype is None else whole.astype(dtype)
 
     def _decode(self, record: bytes) -> np.ndarray:
-        tf = quiet.tensorflow()
+        tf = tensorflow_runtime.tensorflow()
 
         example = tf.train.Example.FromString(record)
         return np.fromiter(example.features.feature[self._feature].int64_list.value, np.int64)

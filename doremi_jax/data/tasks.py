@@ -30,9 +30,10 @@ from typing import Mapping, Sequence
 import numpy as np
 from etils import epath
 
-from doremi_jax import fileio, quiet
+from doremi_jax import fileio
+from doremi_jax.data import tensorflow_runtime
 
-tf = quiet.tensorflow()  # before seqio, which imports it with all its start-up noise
+tf = tensorflow_runtime.tensorflow()  # before seqio, which imports it with all its start-up noise
 import seqio  # noqa: E402
 from doremi_jax.data import corpus as corpus_lib, shards as shard_reader
 from doremi_jax.data import demo

@@ -23,7 +23,7 @@ import numpy as np
 
 from doremi_jax import checkpoints, fileio, hosts, metrics as metrics_lib, sharding
 from doremi_jax.faults import fault_point
-from doremi_jax.data import inputs, prefetch as prefetch_lib, sampler as sampler_lib, stats
+from doremi_jax.data import inputs, prefetch as prefetch_lib, sampler as sampler_lib, stats, tensorflow_runtime
 from doremi_jax.eval import downstream as downstream_lib, perplexity
 from doremi_jax.models import TransformerConfig, param_count
 from doremi_jax.train import memory, setup, workdir as workdir_lib
@@ -325,6 +325,8 @@ def train(
     def next_batch(step, weights):
         return sharding.make_global_batch(device_mesh, prefetcher.get(step, weights), config.batch_size)
 
+    if config.tensorboard:  # clu brings tensorflow in: quietly, and only then
+        tensorflow_runtime.tensorflow()
     if primary:
         # Rows past the checkpoint (a killed run's last steps) are trained again below.
         # A run that had finished training resumes only to evaluate again (it was killed
