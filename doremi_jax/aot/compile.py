@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental.compilation_cache import compilation_cache
 
 from doremi_jax import hardware, sharding
 from doremi_jax.aot import hlo
@@ -180,12 +181,16 @@ def _compile(lowered, **options):
     """XLA's compile, never the persistent cache's: a program for compile-only devices
     cannot be loaded back (there is no client to run it), and the figures are the
     compiler's own."""
+    # jax decides once per process whether the cache is used; reset_cache makes it decide
+    # again, without the cache here and with it (if enabled) for the next program.
     enabled = jax.config.jax_enable_compilation_cache
     jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()
     try:
         return lowered.compile(**options)
     finally:
         jax.config.update("jax_enable_compilation_cache", enabled)
+        compilation_cache.reset_cache()
 
 
 def compile_stage(plan: StagePlan, devices: list, chip: hardware.Chip, num_domains: int) -> list[StepReport]:

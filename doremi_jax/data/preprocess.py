@@ -39,7 +39,7 @@ import numpy as np
 
 from etils import epath
 
-from doremi_jax import fileio
+from doremi_jax import fileio, quiet
 from doremi_jax.data import tensorflow_runtime
 from doremi_jax.faults import fault_point
 from doremi_jax.data.weights import folder_name
