@@ -16,7 +16,7 @@ PACKAGE = os.path.join(REPO, "doremi_jax")
 # No circle anywhere (the second test).
 LAYERS = [
     {"models", "dro", "bandit", "sharding", "hosts", "fileio", "hardware", "quiet", "losses", "checkpoints", "metrics",
-     "errors", "faults"},
+     "errors", "faults", "jit_cache"},
     {"data"},
     {"eval"},
     {"train"},

@@ -68,6 +68,7 @@ def test_the_comparison_experiment_on_a_corpus_with_a_known_best_mixture(tmp_pat
             "--gin.TRAIN_STEPS=6", "--gin.regmix/TRAIN_STEPS=40", "--gin.RegMixConfig.runs=8",
             "--gin.RegMixConfig.target_domains=['learnable']", "--gin.run_pipeline.main_seeds=[0, 1]",
             "--gin.main/DownstreamConfig.prompt_length=48", "--gin.main/DownstreamConfig.max_examples=8",
+            "--gin.TrainConfig.tensorboard=False",  # tensorflow's import: ~10 s a process
             f"--workdir={workdir}"]
     done = run_entry("pipeline", *args)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from doremi_jax import cli
@@ -49,6 +50,35 @@ def in_process(args, capsys):
         cli.main(train_main.run, args)
         raise SystemExit(0)
     return exit_info.value.code, capsys.readouterr().err
+
+
+def test_a_second_run_of_one_shape_traces_no_step_again(tmp_path, capsys):
+    """A pipeline trains many stages of one shape in one process (the main seeds, RegMix's
+    small runs): the second reuses the first's jitted steps (`jit_cache`), so it traces
+    neither its train nor its eval step, and the one change that alters the program (the
+    step budget, inside the learning-rate schedule) does trace again."""
+    traced = []
+
+    def listen(event, duration, **kwargs):
+        if event == "/jax/core/compile/jaxpr_trace_duration":
+            traced.append(kwargs.get("fun_name"))
+
+    # Three layers: a shape no other test in this file compiles.
+    args = [*TINY_RUN, "--gin.TRAIN_STEPS=2", "--gin.TransformerConfig.num_layers=3"]
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        runs = []
+        for name, extra in (("a", "--gin.TrainConfig.seed=0"), ("b", "--gin.TrainConfig.seed=1"),
+                            ("c", "--gin.TRAIN_STEPS=3")):
+            traced.clear()
+            code, err = in_process([*args, extra, f"--workdir={tmp_path / name}"], capsys)
+            assert code == 0, err
+            runs.append(list(traced))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert "lm_step" in runs[0] and "eval_step" in runs[0], runs[0]
+    assert "lm_step" not in runs[1] and "eval_step" not in runs[1] and "init_fn" not in runs[1], runs[1]
+    assert "lm_step" in runs[2], runs[2]
 
 
 def test_gin_override_reaches_the_model(tmp_path, capsys):

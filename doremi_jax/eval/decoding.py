@@ -18,6 +18,7 @@ import numpy as np
 from doremi_jax import sharding
 from doremi_jax.data.vocab import PAD_ID
 from doremi_jax.errors import InputError
+from doremi_jax.jit_cache import memoized
 from doremi_jax.models import Transformer, TransformerConfig
 
 
@@ -75,6 +76,15 @@ def greedy_generate(model: Transformer, params, tokens, positions, segment_ids, 
     return jax.lax.while_loop(cond, body, carry)[4]
 
 
+@memoized
+def _jit_generate(model, max_new_tokens: int, stop_ids: tuple, mesh, param_shardings):
+    batch = sharding.batch_sharding(mesh)
+    generate = lambda p, t, pos, seg: greedy_generate(model, p, t, pos, seg, max_new_tokens, stop_ids)  # noqa: E731
+    return jax.jit(
+        generate, in_shardings=(param_shardings, batch, batch, batch), out_shardings=sharding.replicated(mesh),
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class DecodeConfig:
     batch_size: int = 32
@@ -93,15 +103,7 @@ class Generator:
         # Decoding keeps no activations for a backward pass: no remat.
         self.model = dataclasses.replace(model_cfg, remat_policy="none").make(decode=True)
         self.mesh, self.rules, self.cfg = mesh, list(rules), cfg
-        batch = sharding.batch_sharding(mesh)
-        generate = lambda p, t, pos, seg: greedy_generate(  # noqa: E731
-            self.model, p, t, pos, seg, cfg.max_new_tokens, tuple(stop_ids)
-        )
-        self._generate = jax.jit(
-            generate,
-            in_shardings=(param_shardings, batch, batch, batch),
-            out_shardings=sharding.replicated(mesh),
-        )
+        self._generate = _jit_generate(self.model, cfg.max_new_tokens, tuple(stop_ids), mesh, param_shardings)
 
     def __call__(self, params, prompts: Sequence[np.ndarray]) -> list[np.ndarray]:
         b = self.cfg.batch_size

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from doremi_jax import losses, sharding
+from doremi_jax.jit_cache import memoized
 from doremi_jax.data.sampler import eval_batches, eval_target_documents
 
 
@@ -79,6 +80,7 @@ class PerplexityResult:
 _IN_FLIGHT = 8
 
 
+@memoized
 def jit_eval_step(model, mesh, param_shardings, num_domains: int):
     """(params, batch) -> per-domain (loss sums, token counts), replicated: the step the
     evaluator runs and the ahead-of-time compile (`doremi_jax.aot`) lowers."""

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from doremi_jax import sharding
+from doremi_jax.jit_cache import memoized
 from doremi_jax.models import TransformerConfig
 from doremi_jax.train.state import TrainState
 
@@ -19,6 +20,7 @@ from doremi_jax.train.state import TrainState
 _KEY_SHAPE = jax.ShapeDtypeStruct((2,), jnp.uint32)
 
 
+@memoized
 def abstract_params(model_cfg: TransformerConfig, mesh, rules):
     """Shapes and shardings of a model's parameters, without allocating them."""
     dummy = np.zeros((1, min(8, model_cfg.max_length)), np.int32)  # numpy: no device array
@@ -55,6 +57,7 @@ def _init_fn(model_cfg, tx, method):
     return init_fn
 
 
+@memoized
 def abstract_state(model_cfg, tx, num_domains, mesh, rules, method):
     """The train state as shapes with their shardings (nothing allocated), its
     shardings and the parameters' shardings: what `init_state` would build, and what
@@ -77,10 +80,13 @@ def init_state(model_cfg, tx, weights, rng, mesh, rules, method):
         model_cfg, tx, len(weights), mesh, rules, method
     )
     with sharding.activate(mesh, rules):
-        state = jax.jit(_init_fn(model_cfg, tx, method), out_shardings=state_shardings)(
-            rng, jnp.asarray(weights, jnp.float32)
-        )
+        state = _jit_init(model_cfg, tx, method, state_shardings)(rng, jnp.asarray(weights, jnp.float32))
     return state, state_shardings, param_shardings
+
+
+@memoized
+def _jit_init(model_cfg, tx, method, state_shardings):
+    return jax.jit(_init_fn(model_cfg, tx, method), out_shardings=state_shardings)
 
 
 def _state_shardings(abstract: TrainState, param_shardings, mesh):
@@ -102,12 +108,14 @@ def _state_shardings(abstract: TrainState, param_shardings, mesh):
     return rest.replace(params=param_shardings, opt_state=opt_shardings)
 
 
+@memoized
 def jit_step(model, tx, method, num_domains, microbatches, mesh, state_shardings, reference=None):
     """The mixture `method`'s step, jitted with explicit shardings and the state donated,
     not yet bound to data: (state, batch) -> (state, metrics); or, with `reference` =
     (reference model, its params' shardings), (state, batch, reference params) ->
     (state, metrics). The trainer, the benchmark and the ahead-of-time compile all
-    compile this one."""
+    compile this one; equal arguments give the same function (`jit_cache`), so stages of
+    one shape in one process compile it once."""
     batch_shard = sharding.batch_sharding(mesh)
     replicated = sharding.replicated(mesh)
     reference_model, ref_shardings = reference if reference is not None else (None, None)
