@@ -221,7 +221,8 @@ def test_soak_many_restarts_do_not_grow_resources(reference, tmp_path):
     def per_restart(values):
         return float(stats.theilslopes(np.asarray(values[2:], np.float64))[0])
 
-    assert per_restart(fds) < 0.75, fds
-    assert per_restart(threads) < 0.75, threads
-    assert per_restart(rss) < 20 * 2**20, [r // 2**20 for r in rss]
+    seen_all = f"fds {fds}, threads {threads}, RSS MiB {[r // 2**20 for r in rss]}"
+    assert per_restart(fds) < 0.75, seen_all
+    assert per_restart(threads) < 0.75, seen_all
+    assert per_restart(rss) < 20 * 2**20, seen_all
     assert threading.active_count() < 50
