@@ -52,5 +52,4 @@ def memoized(build: F) -> F:
             cache.popitem(last=False)
         return result
 
-    wrapper.cache_clear = cache.clear  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]

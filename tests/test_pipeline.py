@@ -176,11 +176,11 @@ def test_search_seeds_without_a_main_seed_each_are_refused(tmp_path):
     with pytest.raises(config.ConfigError, match=r"search_seeds=\[0, 1\]: each search needs its own main seeds"):
         run(tmp_path / "w", main_seeds=[], search_seeds=[0, 1])
     assert not os.path.exists(tmp_path / "w")
-    # The same from the command line, as a user sweeps it: one line, exit 1, nothing written.
+    # The same from the command line, as a user sweeps it: one line, exit 2 (a config error), nothing written.
     from test_command_line import run_entry
 
     done = run_entry("pipeline", "--gin_file=gin/experiments/demo.gin", "--gin.run_pipeline.search_seeds=[0, 1]",
                      "--gin.run_pipeline.main_seeds=[0]", f"--workdir={tmp_path / 'cli'}")
-    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr[-2000:]  # a config error
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr[-2000:]
     assert "search_seeds=[0, 1]: each search needs its own main seeds" in done.stderr
     assert not os.path.exists(tmp_path / "cli")
