@@ -23,7 +23,9 @@ import numpy as np
 
 from doremi_jax import hardware, sharding
 from doremi_jax.models import TransformerConfig, model_flops_per_step, param_count
-from doremi_jax.train import methods, setup
+from doremi_jax.methods.doremi.trainer import DoReMi
+from doremi_jax.train import setup
+from doremi_jax.train.mixture import FIXED_MIXTURE
 from doremi_jax.train.state import OptimizerConfig, make_optimizer
 
 BENCH_GIN = "gin/bench.gin"  # the default bench model and sizes; parsed before the user's files
@@ -93,7 +95,7 @@ def benchmark(
 ) -> dict[str, Any]:
     device_mesh = sharding.make_mesh(mesh)
     tx = make_optimizer(OptimizerConfig(), 1000)
-    proxy_method = methods.DoReMi()
+    proxy_method = DoReMi()
     alpha0 = np.full(num_domains, 1.0 / num_domains)
     state, state_sh, param_sh = setup.init_state(
         model, tx, alpha0, jax.random.PRNGKey(0), device_mesh, mesh.rules, proxy_method
@@ -120,7 +122,7 @@ def benchmark(
         # The trainer's own jitted steps (setup.jit_step), compiled here so that compile
         # time is measured apart from the steps.
         step_args = (transformer, tx, num_domains, 1, device_mesh, state_sh)
-        lm = setup.jit_step(transformer, tx, methods.FIXED_MIXTURE, *step_args[2:])
+        lm = setup.jit_step(transformer, tx, FIXED_MIXTURE, *step_args[2:])
         proxy = setup.jit_step(transformer, tx, proxy_method, *step_args[2:], reference=(transformer, param_sh))
         timings = {}
         for name, fn, args in (("lm_step", lm, ()), ("doremi_step", proxy, (reference,))):
@@ -239,7 +241,6 @@ def main(argv=None) -> None:
                 raise config.ConfigError(f"unknown argument {a!r} (expected --gin_file, --gin.NAME=VALUE, --json PATH)")
         # Compile time is one of the figures: never a program loaded from the cache.
         jax.config.update("jax_enable_compilation_cache", False)
-        config.register()
         fn = config.add_configurable("benchmark", benchmark)
         config.add_configurable("BenchConfig", BenchConfig)
         config.parse([BENCH_GIN], [], files, bindings)

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from doremi_jax import config, fileio, quiet
+from doremi_jax import config, configurables, fileio, quiet
 from doremi_jax.errors import InputError
 
 
@@ -102,6 +102,7 @@ def main(
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         files, bindings, rest = config.split_argv(argv)
+        configurables.register()  # what gin may configure, the mixture methods' included
         run(files, bindings, rest)
     except config.ConfigError as e:
         # gin appends "In call to configurable ..." lines to errors raised under a call.

@@ -17,15 +17,7 @@ import numpy as np
 from doremi_jax.eval import verdicts
 from doremi_jax.train.workdir import read_documents
 
-LABELS = {"baseline": "natural (baseline)", "doremi": "DoReMi", "uniform": "uniform", "odm": "ODM", "regmix": "RegMix"}
-# Where the FLOPs of choosing come from, for the table's last column.
-SEARCH = {
-    "baseline": "none",
-    "uniform": "none",
-    "doremi": "reference + proxy runs",
-    "odm": "none beyond the main run (online)",
-    "regmix": "the small runs",
-}
+BASELINE = {"label": "natural (baseline)", "cost": "none"}
 
 
 def _row(pairs: Sequence[Mapping[str, Any]], key: str, domains: Sequence[str]) -> dict[str, Any]:
@@ -57,10 +49,11 @@ def held_out_runs(pairs_by_key: Mapping[str, Sequence[Mapping[str, Any]]], split
 
 def build(pairs: Mapping[str, Sequence[Mapping[str, Any]]], judged: Mapping[str, Mapping[str, Any]],
           weights: Mapping[str, Mapping[str, float]], search_flops: Mapping[str, float],
-          main_flops: float) -> dict[str, Any]:
+          main_flops: float, costs: Mapping[str, str] = {}) -> dict[str, Any]:
     """eval.json's "comparison". `pairs`: per method, its per-seed pairs against the
-    baseline (`report.compare`, seeds in the same order for every method); `judged`:
-    per method, `report.judge` of those pairs.
+    baseline (`report.compare`, seeds in the same order for every method, each naming
+    its method's label); `judged`: per method, `report.judge` of those pairs; `costs`:
+    per method, where the FLOPs of choosing its mixture go, in words.
 
     Per mixture (the baseline's included): the log-perplexities' mean over seeds on the
     verdict split, the validation average, the change against the baseline with its 95%
@@ -72,10 +65,10 @@ def build(pairs: Mapping[str, Sequence[Mapping[str, Any]]], judged: Mapping[str,
     methods = list(pairs)
     first = pairs[methods[0]]
     domains, split = first[0]["domains"], first[0]["split"]
-    rows = {"baseline": _row(first, "baseline", domains)}
+    rows = {"baseline": dict(_row(first, "baseline", domains), **BASELINE)}
     runs, _ = held_out_runs({"baseline": first, **pairs}, split, domains)
     for m in methods:
-        rows[m] = _row(pairs[m], m, domains)
+        rows[m] = dict(_row(pairs[m], m, domains), label=pairs[m][0].get("label", m), cost=costs.get(m, ""))
         rows[m]["change"] = judged[m]["average"]["change"]
         cloze = judged[m].get("downstream", {}).get("cloze")
         if cloze:
@@ -124,24 +117,25 @@ def table(comparison: Mapping[str, Any]) -> str:
              "", "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for m, r in methods.items():
         frac = r["search_fraction_of_main_run"]
-        cost = f"{frac:.2f} ({SEARCH.get(m, '')})" if frac else f"0 ({SEARCH.get(m, '')})"
+        cost = f"{frac:.2f} ({r['cost']})" if frac else f"0 ({r['cost']})"
         cloze = ([f"{r['cloze_accuracy']:.3f}" if "cloze_accuracy" in r else "-", change(r, "cloze_change", 3)]
                  if has_cloze else [])
-        lines.append(f"| {LABELS.get(m, m)} | {r['validation_average']:.4f} | {r['average']:.4f} | {change(r)} | "
+        lines.append(f"| {r['label']} | {r['validation_average']:.4f} | {r['average']:.4f} | {change(r)} | "
                      f"{r['worst']:.4f} | " + " | ".join([*cloze, cost]) + " |")
-    candidate = LABELS.get(comparison["candidate"], comparison["candidate"])
-    against = ", ".join(f"{LABELS.get(m, m)} {verdicts.Interval.from_json(i).text()}"
+    label = {m: r["label"] for m, r in methods.items()}
+    candidate = label[comparison["candidate"]]
+    against = ", ".join(f"{label[m]} {verdicts.Interval.from_json(i).text()}"
                         for m, i in comparison["candidate_against"].items())
     if comparison["best_average"]:
         verdict = (f"Best average: {candidate}, chosen on validation and lower on {split} than every other mixture, "
                    f"each 95% interval below zero ({candidate} minus: {against}).")
     else:
-        tied = ", ".join(LABELS.get(m, m) for m in comparison["tied_with_best"])
+        tied = ", ".join(label[m] for m in comparison["tied_with_best"])
         verdict = (f"No mixture is best beyond noise: {candidate} has the lowest validation average, and on {split} "
                    f"its difference from {tied} has a 95% interval that does not exclude zero or favours the other "
                    f"({candidate} minus: {against}).")
     lines += ["", verdict]
-    lines += ["", "| domain | " + " | ".join(LABELS.get(m, m) for m in methods) + " |",
+    lines += ["", "| domain | " + " | ".join(label[m] for m in methods) + " |",
               "|---|" + "---:|" * len(methods)]
     for d in domains:
         lines.append(f"| {d} log-ppl | " + " | ".join(f"{methods[m]['log_perplexity'][d]:.4f}" for m in methods) + " |")

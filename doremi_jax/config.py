@@ -1,9 +1,11 @@
 """gin, bound from outside: library modules never import gin (the T5X habit).
 
-`register()` makes the library's config classes and entry functions configurable
-under short names (`TransformerConfig.embed_dim`, `train.method`, `DoReMi.learning_rate`, ...); `parse()` reads
-`--gin_file`s then `--gin.NAME=VALUE` bindings, with the repository's own folder on
-gin's search path so that `gin/models/tiny.gin` resolves from anywhere.
+`add_configurable()` makes a class or function configurable under a short name
+(`configurables.register()`, at the entry layer, adds the library's: `TransformerConfig.embed_dim`,
+`train.method`, `DoReMi.learning_rate`, ...); `parse()` reads `--gin_file`s then
+`--gin.NAME=VALUE` bindings, with the repository's own folder on gin's search path so
+that `gin/models/tiny.gin` resolves from anywhere. Nothing here imports the library
+above it: the trainer is reached through what was registered.
 """
 
 from __future__ import annotations
@@ -14,42 +16,28 @@ from typing import NoReturn, Sequence
 
 import gin
 
-from doremi_jax import fileio, sharding
-from doremi_jax.data import inputs
-from doremi_jax.eval.downstream import DownstreamConfig
-from doremi_jax.models import TransformerConfig
-from doremi_jax.train import loop, methods, state
+from doremi_jax import fileio
 
 REPO_ROOT = fileio.REPO_ROOT
 _CONFIGURABLE: dict = {}
 
 
-def register() -> None:
-    if _CONFIGURABLE:
-        return
-    for cls in (
-        TransformerConfig,
-        inputs.DataConfig,
-        sharding.MeshConfig,
-        state.OptimizerConfig,
-        loop.TrainConfig,
-        DownstreamConfig,
-        *methods.METHODS,
-    ):
-        _CONFIGURABLE[cls.__name__] = gin.external_configurable(cls)
-    _CONFIGURABLE["train"] = gin.external_configurable(loop.train, "train")
-
-
 def configurable(name: str):
     """The gin-wrapped callable registered as `name` (bindings apply when it is called)."""
-    register()
+    if name not in _CONFIGURABLE:
+        raise ConfigError(f"{name!r} is not configurable: call doremi_jax.configurables.register() first")
     return _CONFIGURABLE[name]
 
 
 def add_configurable(name: str, fn):
+    """Make `fn` configurable as `name` (once; later calls return the first)."""
     if name not in _CONFIGURABLE:
         _CONFIGURABLE[name] = gin.external_configurable(fn, name)
     return _CONFIGURABLE[name]
+
+
+def is_configurable(name: str) -> bool:
+    return name in _CONFIGURABLE
 
 
 class ConfigError(ValueError):
@@ -73,7 +61,6 @@ def parse(
     against every stage). `model_dir` (the entry's --workdir) is bound as MODEL_DIR last.
     `fill_required` binds every still-required macro to that value instead of failing
     (the ahead-of-time compile reads no data, reference or vocabulary file)."""
-    register()
     gin.clear_config()
     gin.add_config_file_search_path(REPO_ROOT)
     gin.add_config_file_search_path(os.getcwd())

@@ -1,4 +1,7 @@
-"""The pipeline's comparison (eval.json) and its human-readable report (report.md + PNGs)."""
+"""The pipeline's comparison (eval.json) and its human-readable report (report.md + PNGs):
+the frame every method's main models share (one seed's pair against the baseline, the
+verdicts over seeds, the tables and plots); a method's own sections come from its
+folder (`doremi_jax/methods/<name>/`)."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from doremi_jax import comparison, diagnostics, fileio, metrics
+from doremi_jax import comparison, fileio, metrics
 from doremi_jax.eval import verdicts
 from doremi_jax.faults import fault_point
 
@@ -32,16 +35,17 @@ def _judged(summary: Mapping) -> tuple[str, Mapping]:
 
 
 def compare(doremi_dir: str, baseline_dir: str, doremi_summary: Mapping, baseline_summary: Mapping,
-            method: str = "doremi") -> dict[str, Any]:
-    """One seed's main model trained by `method` beside the baseline main model: both
-    results on the split verdicts are read from (test when the corpus has one), the
-    validation results beside them, and the workdirs (their held-out documents and
-    curves feed `judge`)."""
+            method: str, label: str | None = None) -> dict[str, Any]:
+    """One seed's main model trained by `method` (named `label` in words) beside the
+    baseline main model: both results on the split verdicts are read from (test when the
+    corpus has one), the validation results beside them, and the workdirs (their
+    held-out documents and curves feed `judge`)."""
     split, d = _judged(doremi_summary)
     _, b = _judged(baseline_summary)
     domains = [x for x in d["log_perplexity"] if x in b["log_perplexity"]]  # scored in both
     result = {
         "method": method,
+        "label": label or method,
         "split": split,
         "domains": domains,
         method: d,
@@ -80,6 +84,7 @@ def judge(pairs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
     out = {
         "method": method,
+        "label": pairs[0].get("label", method),
         "split": split,
         "seeds": [p.get("seed") for p in pairs],
         "log_perplexity": {d: entry(lambda r, d=d: r["log_perplexity"][d], changes["per_domain"][d]) for d in domains},
@@ -159,7 +164,7 @@ def verdicts_table(summary: Mapping[str, Any]) -> str:
     the interval says so."""
     n = len(summary["seeds"])
     method = summary["method"]
-    label = LABELS.get(method, method)
+    label = summary.get("label", method)
     seeds = ", ".join(str(s) for s in summary["seeds"] if s is not None)
     noise = ("the spread over seeds and a bootstrap over the held-out documents"
              if summary.get("held_out_noise") else "the spread over seeds only (the runs wrote no held-out documents)")
@@ -209,21 +214,10 @@ def split_note(split: str) -> str:
             "chosen mixtures.** Give every domain a test split to judge on unseen documents.")
 
 
-LABELS = comparison.LABELS  # how the report names a method's main model
-
-
-def weights_table(domains: Sequence[str], baseline, doremi: Mapping[str, float]) -> str:
-    lines = ["| domain | baseline | DoReMi | ratio |", "|---|---:|---:|---:|"]
-    for i, dom in enumerate(domains):
-        ratio = doremi[dom] / baseline[i] if baseline[i] > 0 else float("inf")
-        lines.append(f"| {dom} | {baseline[i]:.4f} | {doremi[dom]:.4f} | {ratio:.2f}x |")
-    return "\n".join(lines)
-
-
 def eval_table(evaluation: Mapping[str, Any]) -> str:
     """One seed's figures side by side (the verdicts, with intervals, are `verdicts_table`)."""
-    method = evaluation.get("method", "doremi")
-    label = LABELS.get(method, method)
+    method = evaluation["method"]
+    label = evaluation.get("label", method)
     d, b = evaluation[method], evaluation["baseline"]
     seed = evaluation.get("seed")
     lines = [
@@ -247,9 +241,8 @@ def eval_table(evaluation: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def downstream_table(downstream: Mapping[str, Any], method: str = "doremi") -> str:
+def downstream_table(downstream: Mapping[str, Any], method: str, label: str) -> str:
     """One seed's accuracies (the verdicts, with intervals, are `verdicts_table`)."""
-    label = LABELS.get(method, method)
     lines = [f"| task | baseline accuracy | {label} accuracy | difference | examples |", "|---|---:|---:|---:|---:|"]
     for task, r in downstream.items():
         lines.append(
@@ -258,9 +251,10 @@ def downstream_table(downstream: Mapping[str, Any], method: str = "doremi") -> s
     return "\n".join(lines)
 
 
-def _alpha_trajectories(proxy_dir: str, domains: Sequence[str]):
+def weight_trajectories(workdir: str, domains: Sequence[str]) -> tuple[list[int], dict[str, list[float]]]:
+    """(steps, per domain the rates) a run logged as `domain_weights/<d>`."""
     steps, alphas = [], {d: [] for d in domains}
-    for row in metrics.read_metrics(proxy_dir):
+    for row in metrics.read_metrics(workdir):
         if f"domain_weights/{domains[0]}" in row:
             steps.append(row["step"])
             for d in domains:
@@ -268,78 +262,38 @@ def _alpha_trajectories(proxy_dir: str, domains: Sequence[str]):
     return steps, alphas
 
 
-def _lambda_section(workdir: str, round_: Mapping[str, Any], domains: Sequence[str]) -> list[str]:
-    """The report's "is λ signal or lag?" section of one round, with its λ plot."""
-    proxy_dir = round_["proxy_workdir"]
-    reference_dir = round_.get("reference_workdir") or os.path.join(os.path.dirname(proxy_dir), "reference")
-    diag = diagnostics.lambda_diagnostics(proxy_dir, reference_dir, domains)
-    if not diag:
-        return []
-    k = round_["round"]
-    steps, lam = diagnostics.lambda_trajectories(proxy_dir, domains)
-    metrics.plot_lines(
-        os.path.join(workdir, f"lambda_round_{k}.png"), {d: (steps, lam[d]) for d in domains},
-        f"λ_t over proxy steps, moving average (round {k})", "proxy step", "excess loss λ_t (nats/token)",
-    )
-    return [f"## Is λ signal or lag? (round {k})", "", diagnostics.diagnostics_table(diag), "",
-            f"![λ_t round {k}](lambda_round_{k}.png)", ""]
-
-
-def write_report(workdir: str, rounds: list[dict], evaluation: Mapping[str, Any], doremi_dir: str, baseline_dir: str) -> str:
+def write_report(workdir: str, evaluation: Mapping[str, Any], method_sections: Sequence[str] = (),
+                 other_sections: Sequence[str] = ()) -> str:
+    """report.md: where the verdicts come from, the pipeline's method's own sections
+    (`method_sections`), the spread over search seeds, its main models against the
+    baseline's, the mixtures compared, the other methods' sections (`other_sections`)
+    and downstream accuracy."""
     domains = evaluation["domains"]
-    baseline = [evaluation["baseline_weights"][d] for d in domains]
-    final = evaluation["doremi_weights"]  # the last round's ᾱ (the searches' mean with several)
-    metrics.plot_weights(
-        os.path.join(workdir, "weights.png"), domains,
-        {"baseline": baseline, **{f"DoReMi round {r['round']}": [r["average_domain_weights"][d] for d in domains] for r in rounds}},
-        "Domain weights",
-    )
-    lambda_sections = []
-    for r in rounds:
-        steps, alphas = _alpha_trajectories(r["proxy_workdir"], domains)
-        metrics.plot_lines(
-            os.path.join(workdir, f"alpha_round_{r['round']}.png"),
-            {d: (steps, alphas[d]) for d in domains},
-            f"α_t over proxy steps (round {r['round']})", "proxy step", "domain weight α_t",
-        )
-        lambda_sections += _lambda_section(workdir, r, domains)
+    method, label = evaluation["method"], evaluation["label"]
+    method_dir, baseline_dir = evaluation["workdirs"][method], evaluation["workdirs"]["baseline"]
     metrics.plot_weights(
         os.path.join(workdir, "log_perplexity.png"), domains,
         {"baseline": [evaluation["baseline"]["log_perplexity"][d] for d in domains],
-         "DoReMi": [evaluation["doremi"]["log_perplexity"][d] for d in domains]},
+         label: [evaluation[method]["log_perplexity"][d] for d in domains]},
         "Per-domain log-perplexity of the main models (nats/token, lower is better)",
     )
     split = evaluation["split"]
-    d_curve, b_curve = _curve(doremi_dir, _average_key(split)), _curve(baseline_dir, _average_key(split))
+    d_curve, b_curve = _curve(method_dir, _average_key(split)), _curve(baseline_dir, _average_key(split))
     metrics.plot_lines(
         os.path.join(workdir, "average_log_perplexity.png"),
-        {"baseline": b_curve, "DoReMi": d_curve},
+        {"baseline": b_curve, label: d_curve},
         f"Average {split} log-perplexity over training", "step", "average log-perplexity (nats/token)",
         hline=(b_curve[1][-1], "baseline final") if b_curve[1] else None,
     )
 
     lines = [
-        "# DoReMi report",
+        f"# {label} report",
         "",
         split_note(split),
         "",
-        "## Domain weights",
-        "",
-        weights_table(domains, baseline, final),
-        "",
-        "![domain weights](weights.png)",
-        "",
+        *method_sections,
         *(_search_section(evaluation["search"], domains) if evaluation.get("search") else []),
-        "## Rounds",
-        "",
-        "| round | ‖ᾱ − α_ref‖∞ | proxy steps |",
-        "|---:|---:|---:|",
-        *[f"| {r['round']} | {r['linf_change']:.4f} | {r['proxy_steps']} ({r['proxy_stopped']}) |" for r in rounds],
-        "",
-        *[f"![α_t round {r['round']}](alpha_round_{r['round']}.png)" for r in rounds],
-        "",
-        *lambda_sections,
-        "## Main models: DoReMi weights vs baseline weights",
+        f"## Main models: {label} weights vs baseline weights",
         "",
         verdicts_table(evaluation["verdicts"]),
         "",
@@ -352,21 +306,18 @@ def write_report(workdir: str, rounds: list[dict], evaluation: Mapping[str, Any]
     ]
     if evaluation.get("comparison"):
         lines += ["## Mixtures compared", "", comparison.table(evaluation["comparison"]), ""]
-    if evaluation.get("regmix_search"):
-        lines += _regmix_section(evaluation["regmix_search"])
-    if evaluation.get("odm"):
-        lines += _odm_section(workdir, evaluation["odm"], domains, baseline, final)
+    lines += other_sections
     downstream = evaluation.get("downstream") or {}
     if downstream:
         lines += ["## Downstream accuracy (greedy decoding)", "",
                   f"Seed {evaluation.get('seed')} (the verdicts with their intervals are above):" if
-                  evaluation.get("seed") is not None else "", "", downstream_table(downstream), ""]
+                  evaluation.get("seed") is not None else "", "", downstream_table(downstream, method, label), ""]
     for task in downstream:
         key = f"downstream/{task}"
-        d_acc, b_acc = _curve(doremi_dir, key), _curve(baseline_dir, key)
+        d_acc, b_acc = _curve(method_dir, key), _curve(baseline_dir, key)
         metrics.plot_lines(
             os.path.join(workdir, f"accuracy_{task}.png"),
-            {"baseline": b_acc, "DoReMi": d_acc},
+            {"baseline": b_acc, label: d_acc},
             f"{task} accuracy over training", "step", "accuracy",
             hline=(b_acc[1][-1], "baseline final") if b_acc[1] else None,
         )
@@ -377,36 +328,6 @@ def write_report(workdir: str, rounds: list[dict], evaluation: Mapping[str, Any]
     return path
 
 
-def _odm_section(workdir: str, odm: Mapping[str, Any], domains: Sequence[str], baseline, doremi) -> list[str]:
-    """Online Data Mixing's main model against the same baseline: its rates over
-    training, their mean beside the DoReMi weights, and the comparison."""
-    steps, rates = _alpha_trajectories(odm["workdir"], domains)
-    metrics.plot_lines(
-        os.path.join(workdir, "odm_rates.png"), {d: (steps, rates[d]) for d in domains},
-        "ODM sampling rates over the main model's steps", "step", "sampling rate π_t",
-    )
-    top = max(domains, key=lambda d: odm["weights"][d])
-    lines = [
-        "## Main models: Online Data Mixing vs baseline weights",
-        "",
-        "| domain | baseline | DoReMi | ODM (mean rate) |",
-        "|---|---:|---:|---:|",
-        *[f"| {d} | {baseline[i]:.4f} | {doremi[d]:.4f} | {odm['weights'][d]:.4f} |" for i, d in enumerate(domains)],
-        "",
-        "![ODM rates](odm_rates.png)",
-        "",
-        verdicts_table(odm["verdicts"]),
-        "",
-        eval_table(odm),
-        "",
-        f"ODM's reward is the main model's own training loss, so it samples most from the domains the model "
-        f"finds hardest, whether or not they can be learnt (a pure-noise domain included); here its highest "
-        f"mean rate went to {top}. DoReMi's excess loss over a reference does not reward what no model learns.",
-        "",
-    ]
-    return lines
-
-
 def _search_section(search: Mapping[str, Any], domains: Sequence[str]) -> list[str]:
     """Each search seed's mixture, per method, with the mean and the spread over searches."""
     seeds = search["seeds"]
@@ -415,42 +336,17 @@ def _search_section(search: Mapping[str, Any], domains: Sequence[str]) -> list[s
         "",
         f"The search was run {len(seeds)} times (search seeds {', '.join(map(str, seeds))}); main seed i trains "
         f"on search i mod {len(seeds)}'s mixture, so the intervals above cover the search as well as the main "
-        "runs. The DoReMi weights above are the searches' mean.",
+        "runs. The weights above are the searches' mean.",
         "",
     ]
-    for method, label in (("doremi", "DoReMi"), ("regmix", "RegMix")):
-        if method not in search:
+    for method, table in search.items():
+        if method == "seeds":
             continue
-        table = search[method]
         lines += [
-            f"| {label}: domain | " + " | ".join(f"search {s}" for s in seeds) + " | mean | std |",
+            f"| {table.get('label', method)}: domain | " + " | ".join(f"search {s}" for s in seeds) + " | mean | std |",
             "|---|" + "---:|" * (len(seeds) + 2),
             *[f"| {d} | " + " | ".join(f"{table['weights'][str(s)][d]:.3f}" for s in seeds)
               + f" | {table['mean'][d]:.3f} | {table['std'][d]:.3f} |" for d in domains],
             "",
         ]
     return lines
-
-
-def _regmix_section(search: Mapping[str, Any]) -> list[str]:
-    runs = search["runs"]
-    target = ", ".join(search["target_domains"])
-    fits = ", ".join(f"{r} {v:+.2f}" for r, v in search["held_out_spearman"].items())
-    return [
-        "## RegMix's search",
-        "",
-        f"{len(runs)} small runs on random mixtures; target: the mean validation log-perplexity over {target} "
-        "(validation chooses; the verdicts above are on test where the corpus has it). "
-        f"Leave-one-out rank correlation (Spearman) of each regressor's predictions with the held-out runs' "
-        f"losses: {fits}; used: {search['regressor']}. Predicted target loss of the chosen mixture: "
-        f"{search['predicted_target_loss']:.4f} (best small run: {min(r['target_loss'] for r in runs):.4f}). "
-        "The search keeps each domain's weight within what the small runs tried and within the main "
-        "run's epoch cap: " + ", ".join(f"{d} ≤ {u:.3f}" for d, u in search.get("search_upper_bounds", {}).items()) + ".",
-        "",
-        "| run | " + " | ".join(runs[0]["mixture"]) + " | target loss |",
-        "|---:|" + "---:|" * (len(runs[0]["mixture"]) + 1),
-        *[f"| {r['run']} | " + " | ".join(f"{w:.3f}" for w in r["mixture"].values()) + f" | {r['target_loss']:.4f} |"
-          for r in runs],
-        "",
-    ]
-

@@ -19,7 +19,8 @@ from doremi_jax.aot import compile as aot_compile, hlo, topology
 from doremi_jax.models import TransformerConfig, model_flops_per_step
 from doremi_jax.train import loop, setup
 from doremi_jax.train.state import OptimizerConfig
-from doremi_jax.train.methods import DoReMi, FixedMixture
+from doremi_jax.methods.doremi.trainer import DoReMi
+from doremi_jax.train.mixture import FixedMixture
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOPOLOGY = "v5p:2x2x2"  # 8 chips on 2 hosts
@@ -172,7 +173,7 @@ def test_the_comparison_experiment_plans_odm_and_regmix_regmix_on_one_host(tmp_p
     )
     assert result.returncode == 0, result.stderr
     stages = {s["stage"]: s for s in json.loads(out.read_text())["stages"]}
-    assert list(stages) == ["reference", "proxy", "main", "main_odm", "regmix"]
+    assert list(stages) == ["reference", "proxy", "regmix", "main", "main_odm"]
     # Three seeds of baseline, DoReMi, uniform and RegMix's mixture; of ODM; 16 small runs.
     assert (stages["main"]["runs"], stages["main_odm"]["runs"], stages["regmix"]["runs"]) == (12, 3, 16)
     assert stages["main_odm"]["run"] == "odm" and stages["regmix"]["train_steps"] == 100

@@ -7,7 +7,7 @@ import pytest
 from doremi_jax import checkpoints, sharding
 from doremi_jax.train import setup
 from doremi_jax.train.state import OptimizerConfig, make_optimizer
-from doremi_jax.train.methods import DoReMi
+from doremi_jax.methods.doremi.trainer import DoReMi
 
 from helpers import TINY, damage_checkpoint
 

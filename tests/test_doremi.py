@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from doremi_jax.train import loop
-from doremi_jax.train.methods import DoReMi
+from doremi_jax.methods.doremi.trainer import DoReMi
 
 import helpers
 

@@ -10,12 +10,13 @@ import numpy as np
 import optax
 from conftest import REPO
 
-from doremi_jax import config, dro
+from doremi_jax import config, configurables, dro
 from doremi_jax.data.corpus import TokenStream
 from doremi_jax.data.sampler import MixtureSampler, stream_seed
 
 
 def stage_stream(run_file):
+    configurables.register()
     config.parse([], [], [run_file], ["REFERENCE_DIR = 'x'"] if "proxy" in run_file else [], model_dir="x")
     return config.query("TrainConfig.stream"), config.query("%SEED")
 

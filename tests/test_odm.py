@@ -12,9 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from doremi_jax import bandit, sharding
-from doremi_jax.train import setup as train_setup, steps
-from doremi_jax.train.methods import OnlineDataMixing
+from doremi_jax import sharding
+from doremi_jax.methods.odm import bandit, step as odm_steps
+from doremi_jax.train import setup as train_setup
+from doremi_jax.methods.odm.trainer import OnlineDataMixing
 from doremi_jax.train.state import OptimizerConfig, make_optimizer
 
 from conftest import REPO
@@ -114,7 +115,7 @@ def odm_state():
 def odm_step(env, state, batch, **kw):
     from doremi_jax.models import Transformer
 
-    fn = jax.jit(functools.partial(steps.odm_step, model=Transformer(TINY), tx=env["tx"], num_domains=K, **kw))
+    fn = jax.jit(functools.partial(odm_steps.odm_step, model=Transformer(TINY), tx=env["tx"], num_domains=K, **kw))
     with sharding.activate(env["mesh"], sharding.DEFAULT_RULES):
         return fn(jax.tree.map(lambda x: x.copy(), state), batch)
 

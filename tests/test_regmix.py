@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from doremi_jax import regmix
+from doremi_jax.methods.regmix import fit as regmix
 
 from helpers import write_three_domain_corpus
 from test_command_line import SHRINK, run_entry

@@ -34,7 +34,7 @@ def judged_pairs(tmp_path, seeds):
     for i, (dl, bl, dc, bc, dd, bd) in enumerate(seeds):
         d_dir, b_dir = tmp_path / f"d{i}", tmp_path / f"b{i}"
         d, b = write_run(d_dir, dl, dc, dd), write_run(b_dir, bl, bc, bd)
-        pairs.append(dict(report.compare(str(d_dir), str(b_dir), d, b), seed=i))
+        pairs.append(dict(report.compare(str(d_dir), str(b_dir), d, b, "doremi", "DoReMi"), seed=i))
     return report.judge(pairs)
 
 
@@ -106,7 +106,7 @@ def test_lambda_diagnostics_split_the_gap_into_same_step_and_lag(tmp_path):
     δ_d + (the reference's remaining progress), and the table says which dominates."""
     import json
 
-    from doremi_jax import diagnostics
+    from doremi_jax.methods.doremi import diagnostics
 
     domains = ["a", "b"]
     delta = {"a": 0.5, "b": 0.05}
@@ -159,7 +159,7 @@ def test_domains_without_held_out_tokens_are_left_out_of_the_averages():
     j = r.to_json()
     assert j["unscored"] == ["b"] and set(j["log_perplexity"]) == {"a", "c"} and j["tokens"]["b"] == 0
     assert "log_perplexity/b" not in r.scalars()
-    evaluation = report.compare("/nonexistent/d", "/nonexistent/b", {"eval": j}, {"eval": result([2.5, 0.0, 3.0]).to_json()})
+    evaluation = report.compare("/nonexistent/d", "/nonexistent/b", {"eval": j}, {"eval": result([2.5, 0.0, 3.0]).to_json()}, "doremi")
     assert evaluation["domains"] == ["a", "c"] and evaluation["split"] == "validation"
     assert "No held-out tokens, left out of the average and the worst case: b." in report.eval_table(evaluation)
     # One seed and no held-out documents written: no interval, so no verdict.

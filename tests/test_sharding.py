@@ -9,9 +9,10 @@ from jax.sharding import PartitionSpec as P
 
 from doremi_jax import dro, sharding
 from doremi_jax.data.sampler import MixtureSampler
-from doremi_jax.train import loop, memory, setup, steps
+from doremi_jax.train import loop, memory, setup
 from doremi_jax.train.state import OptimizerConfig, make_optimizer
-from doremi_jax.train.methods import DoReMi
+from doremi_jax.methods.doremi import step as doremi_steps
+from doremi_jax.methods.doremi.trainer import DoReMi
 
 from helpers import TINY
 from test_steps import K, streams
@@ -36,7 +37,7 @@ def proxy_run(name):
     ref_state, _, _ = setup.init_state(TINY, tx, alpha0, jax.random.PRNGKey(1), mesh, rules, DoReMi())
     model = TINY.make()
     step = jax.jit(
-        functools.partial(steps.doremi_step, model=model, reference_model=model, tx=tx, weight_tx=weight_tx, num_domains=K),
+        functools.partial(doremi_steps.doremi_step, model=model, reference_model=model, tx=tx, weight_tx=weight_tx, num_domains=K),
         in_shardings=(state_sh, sharding.batch_sharding(mesh), param_sh),
         out_shardings=(state_sh, sharding.replicated(mesh)),
         donate_argnums=(0,),

@@ -13,7 +13,8 @@ from doremi_jax.data.sampler import MixtureSampler
 from doremi_jax.train import steps
 from doremi_jax.train import setup as train_setup  # `setup` is a fixture here
 from doremi_jax.train.state import OptimizerConfig, make_optimizer
-from doremi_jax.train.methods import DoReMi
+from doremi_jax.methods.doremi import step as doremi_steps
+from doremi_jax.methods.doremi.trainer import DoReMi
 
 from helpers import TINY
 
@@ -63,7 +64,7 @@ def test_lm_step_learns(setup):
 
 def doremi(setup, state, batch, ref, **kw):
     fn = jax.jit(functools.partial(
-        steps.doremi_step, model=setup["model"], reference_model=setup["model"], tx=setup["tx"],
+        doremi_steps.doremi_step, model=setup["model"], reference_model=setup["model"], tx=setup["tx"],
         weight_tx=setup["weight_tx"], num_domains=K, **kw))
     with sharding.activate(setup["mesh"], sharding.DEFAULT_RULES):
         return fn(state, batch, ref)

@@ -1,6 +1,5 @@
 """The train entry end to end: files written, resume, gin overrides, bad input."""
 
-import copy
 import json
 import os
 import subprocess
@@ -239,7 +238,9 @@ def test_experiment_files_parse_with_their_stage_files(experiment):
     import gin
 
     stages = {k: gin.query_parameter(f"run_pipeline.{k}_gin") for k in ("reference", "proxy", "main")}
-    regmix = gin.query_parameter("run_pipeline.regmix") if experiment.startswith("compare") else None
+    from doremi_jax import methods
+
+    regmix = methods.get("regmix") if experiment.startswith("compare") else None
     sizes = {}
     for stage, files in stages.items():
         config.parse(files, ["DATA_DIR = 'x'", "SPM_MODEL = 'x'", "REFERENCE_DIR = 'x'", "MODEL_DIR = 'x'"])
@@ -248,7 +249,6 @@ def test_experiment_files_parse_with_their_stage_files(experiment):
     if experiment == "pile_280m_to_8b":
         assert round(sizes["proxy"] / 1e6, -1) == 280 and round(sizes["main"] / 1e9) == 8
     if regmix is not None:  # RegMix's small runs: no larger than the proxy
-        regmix = copy.deepcopy(regmix)
         config.parse(list(regmix.gin_files), [*regmix.bindings, "DATA_DIR = 'x'", "SPM_MODEL = 'x'", "MODEL_DIR = 'x'"])
         assert param_count(config.configurable("TransformerConfig")()) <= sizes["proxy"]
 

@@ -31,7 +31,7 @@ from doremi_jax.data import sampler
 from doremi_jax.eval import perplexity
 from doremi_jax.models import TransformerConfig, model_flops_per_step
 from doremi_jax.train import loop, memory, setup
-from doremi_jax.train.methods import MixtureMethod
+from doremi_jax.train.mixture import MixtureMethod
 from doremi_jax.train.state import OptimizerConfig, make_optimizer
 
 # Compiler options of the cost-only compile (libtpu flags; the program that would run
@@ -51,7 +51,7 @@ class StagePlan:
     mesh: sharding.MeshConfig
     optimizer: OptimizerConfig
     config: loop.TrainConfig
-    method: MixtureMethod  # the mixture method (train/methods)
+    method: MixtureMethod  # the trainer's plug-in (train/mixture.py)
     runs: int = 1  # how many runs of this kind the experiment trains (rounds, both main models, seeds)
     # Each run on one host's chips (RegMix's small runs, shared out between the hosts).
     one_host: bool = False
@@ -61,7 +61,7 @@ class StagePlan:
 @dataclasses.dataclass
 class StepReport:
     stage: str
-    step: str  # lm_step | doremi_step | eval_step
+    step: str  # the plug-in's step (lm_step, doremi_step) | eval_step
     chips: int
     # Per chip: arguments, outputs, aliased, temporaries, code, total; or, when XLA
     # refused the program for lack of HBM, the total it asked for and its message.
@@ -92,7 +92,7 @@ def abstract_batch(mesh, rows: int, length: int) -> dict[str, jax.ShapeDtypeStru
 
 def _lowered(plan: StagePlan, model_cfg: TransformerConfig, mesh, step: str, num_domains: int,
              reference_cfg: TransformerConfig | None = None):
-    """The jitted step of `plan` for `model_cfg` (and, for the DoReMi step, the reference
+    """The jitted step of `plan` for `model_cfg` (and, for a step with a reference, the reference
     `reference_cfg`, by default the stage's own), lowered against shapes."""
     rules = plan.mesh.rules
     tx = make_optimizer(plan.optimizer, plan.config.train_steps)
@@ -104,7 +104,7 @@ def _lowered(plan: StagePlan, model_cfg: TransformerConfig, mesh, step: str, num
         if step == "eval_step":
             return perplexity.jit_eval_step(model, mesh, param_shardings, num_domains).lower(state.params, batch)
         args = (model, tx, plan.method, num_domains, plan.config.microbatches, mesh, state_shardings)
-        if step == "lm_step":
+        if not plan.method.needs_reference:
             return setup.jit_step(*args).lower(state, batch)
         reference_cfg = reference_cfg or plan.method.reference_model or plan.model
         ref_params, ref_shardings = setup.abstract_params(reference_cfg, mesh, rules)
@@ -118,14 +118,14 @@ def _loop_free_costs(plan: StagePlan, mesh, step: str, num_domains: int) -> tupl
     affine in depth): compiling 32 unrolled layers of an 8B model would take many
     minutes on a small host; two layers take seconds."""
     # Microbatches are a scan too: cost one microbatch's step and count it per microbatch
-    # (the exact DoReMi accumulation adds one proxy forward over the batch). The optimizer
+    # (a plug-in's exact accumulation, DoReMi's, adds one forward over the batch). The optimizer
     # update is then counted per microbatch too: a small overcount (for the 280M stage,
     # 8 x 0.6 GB of bytes against 1 TB per step).
     repeats, extra_flops = 1, 0.0
     if step != "eval_step" and plan.config.microbatches > 1:
         repeats = plan.config.microbatches
         config = dataclasses.replace(plan.config, batch_size=plan.config.batch_size // repeats, microbatches=1)
-        if step == "doremi_step" and getattr(plan.method, "accumulation", "") == "exact":
+        if plan.method.forward_before_accumulating:
             extra_flops = model_flops_per_step(
                 plan.model, plan.config.batch_size, plan.config.sequence_length, causal_savings=False
             )["eval_step"] / mesh.size
@@ -139,7 +139,8 @@ def _loop_free_costs(plan: StagePlan, mesh, step: str, num_domains: int) -> tupl
         return np.asarray(_costs(compiled))
 
     depth = plan.model.num_layers
-    ref_depth = (plan.method.reference_model or plan.model).num_layers if step == "doremi_step" else depth
+    with_reference = plan.method.needs_reference and step != "eval_step"
+    ref_depth = (plan.method.reference_model or plan.model).num_layers if with_reference else depth
     if not plan.model.scan_layers:
         total = cost(depth, ref_depth)
     else:
@@ -173,8 +174,8 @@ def _memory(compiled) -> dict[str, int]:
 
 def stage_steps(plan: StagePlan) -> list[str]:
     # A step with a reference forward (DoReMi's proxy) costs more than the LM step; any
-    # other method's step is the LM step plus a few vector operations.
-    return ["doremi_step" if plan.method.needs_reference else "lm_step", "eval_step"]
+    # other plug-in's step is the LM step plus a few vector operations.
+    return [plan.method.step_name, "eval_step"]
 
 
 def _compile(lowered, **options):

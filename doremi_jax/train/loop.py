@@ -1,10 +1,10 @@
 """The one trainer loop: reference, proxy and main runs, and every mixture method,
-differ only by gin (`train.method`: `train/methods`).
+differ only by gin (`train.method`: `train/mixture.py`).
 
 Sections, top to bottom: configs; set-up (corpus, mesh, model, sharded state); the
 compiled step; the loop (batches in, step, metrics and checkpoints out); the run's
 outputs. The step functions are pure (`steps.py`), the mixture method says what differs
-between runs (`methods/`), set-up builds the sharded state (`setup.py`), and the
+between runs (`mixture.py`; each method's own in `doremi_jax/methods/`), set-up builds the sharded state (`setup.py`), and the
 workdir's identity, reference and evaluation files are `workdir.py`'s.
 """
 
@@ -27,8 +27,7 @@ from doremi_jax.data import inputs, prefetch as prefetch_lib, sampler as sampler
 from doremi_jax.eval import downstream as downstream_lib, perplexity
 from doremi_jax.models import TransformerConfig, param_count
 from doremi_jax.train import memory, setup, workdir as workdir_lib
-from doremi_jax.train.methods import FIXED_MIXTURE, MixtureMethod
-from doremi_jax.train.methods.base import MethodError
+from doremi_jax.train.mixture import FIXED_MIXTURE, MethodError, MixtureMethod
 from doremi_jax.train.state import OptimizerConfig, make_optimizer
 from doremi_jax.train.workdir import TrainingError
 
@@ -137,7 +136,7 @@ def train(
 ) -> dict[str, Any]:
     """Train one model in `workdir` and return a summary (also written to summary.json).
 
-    method: the mixture method (`train/methods`; by default a fixed mixture: the
+    method: the mixture method (`train/mixture.py`; by default a fixed mixture: the
     token-mean loss on data sampled by `sampling_weights`). Its state is in the train
     state, so every method checkpoints and resumes the same way.
     Resumes from the latest checkpoint in `workdir/checkpoints`. Evaluates per-domain
@@ -151,7 +150,7 @@ def train(
     Every check that can refuse the run comes before anything is written.
     """
     if not isinstance(method, MixtureMethod):
-        raise TrainingError(f"train.method={method!r}: expected a mixture method (doremi_jax/train/methods)")
+        raise TrainingError(f"train.method={method!r}: expected a mixture method (doremi_jax/train/mixture.py)")
     try:
         method.check()
     except MethodError as e:

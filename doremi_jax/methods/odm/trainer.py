@@ -1,4 +1,4 @@
-"""Online Data Mixing (Albalak et al., 2023): an EXP3 bandit over domains, rewarded by
+"""Online Data Mixing as the trainer's plug-in (Albalak et al., 2023): an EXP3 bandit over domains, rewarded by
 the main model's own per-domain training loss, sets the sampling rates as training goes.
 No reference or proxy model. Its reward is the loss itself, so it favours the domains
 the model finds hardest, a pure-noise domain included (DoReMi's excess loss does not)."""
@@ -7,16 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
-
 import jax
 import numpy as np
 
-from doremi_jax import bandit
-from doremi_jax.data import weights as weights_lib
-from doremi_jax.train import steps
-from doremi_jax.train.methods.base import MethodError, MixtureMethod
-from doremi_jax.train.methods.doremi import write_mixture_gin
+from doremi_jax.methods.odm import bandit, step
+from doremi_jax.train.mixture import MethodError, MixtureMethod, write_mixture
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +37,7 @@ class OnlineDataMixing(MixtureMethod):
 
     def step_fn(self, *, model, tx, num_domains, microbatches, reference_model=None):
         return functools.partial(
-            steps.odm_step, model=model, tx=tx, num_domains=num_domains, microbatches=microbatches,
+            step.odm_step, model=model, tx=tx, num_domains=num_domains, microbatches=microbatches,
             smoothing=self.smoothing, warmup_steps=self.warmup_steps,
         )
 
@@ -54,8 +49,7 @@ class OnlineDataMixing(MixtureMethod):
         average = np.asarray(jax.device_get(state.method_state.average), np.float64)
         final = np.asarray(jax.device_get(state.domain_weights), np.float64)
         if write:
-            weights_lib.write_weights(os.path.join(workdir, "domain_weights.json"), domains, average)
-            write_mixture_gin(workdir, "the mean ODM rates")
+            write_mixture(workdir, domains, average, "the mean ODM rates")
         return {
             "average_domain_weights": dict(zip(domains, average.tolist())),
             "final_domain_weights": dict(zip(domains, final.tolist())),

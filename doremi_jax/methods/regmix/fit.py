@@ -6,7 +6,7 @@ from a Dirichlet around the natural rates (`sample_mixtures`); the fit is the pa
 LightGBM or a linear model, whichever predicts held-out runs better by leave-one-out
 rank correlation on this corpus (`fit`); the search draws many candidate mixtures from
 the same prior, predicts each, and averages the best few (`search`), as the paper does.
-The pipeline runs the small runs as stages of the one trainer (`pipeline.py`).
+The small runs are stages of the one trainer (`__init__.py`).
 """
 
 from __future__ import annotations

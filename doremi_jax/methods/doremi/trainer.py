@@ -1,19 +1,18 @@
-"""DoReMi's proxy (Xie et al., 2023): Group DRO against a trained reference model."""
+"""DoReMi's proxy as the trainer's plug-in (Xie et al., 2023): Group DRO against a
+trained reference model."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 
 import jax
 import numpy as np
 
-from doremi_jax import dro, fileio
-from doremi_jax.data import weights as weights_lib
+from doremi_jax import dro
+from doremi_jax.methods.doremi import step
 from doremi_jax.models import TransformerConfig
-from doremi_jax.train import steps
-from doremi_jax.train.methods.base import MethodError, MixtureMethod
+from doremi_jax.train.mixture import MethodError, MixtureMethod, write_mixture
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +42,14 @@ class DoReMi(MixtureMethod):
     def needs_reference(self):
         return True
 
+    @property
+    def step_name(self):
+        return "doremi_step"
+
+    @property
+    def forward_before_accumulating(self):
+        return self.accumulation == "exact"  # λ_t and α_t from the whole batch first
+
     def identity(self):
         return {"name": self.name, "mode": self.mode}
 
@@ -57,7 +64,7 @@ class DoReMi(MixtureMethod):
 
     def step_fn(self, *, model, tx, num_domains, microbatches, reference_model=None):
         return functools.partial(
-            steps.doremi_step, model=model, reference_model=reference_model, tx=tx,
+            step.doremi_step, model=model, reference_model=reference_model, tx=tx,
             weight_tx=self.weight_transform(), num_domains=num_domains, mode=self.mode,
             microbatches=microbatches, accumulation=self.accumulation,
         )
@@ -83,15 +90,6 @@ class DoReMi(MixtureMethod):
     def finish(self, workdir, domains, state, write):
         average = np.asarray(jax.device_get(state.method_state.weights.average), np.float64)
         if write:
-            weights_lib.write_weights(os.path.join(workdir, "domain_weights.json"), domains, average)
-            write_mixture_gin(workdir, "the DoReMi weights")
+            write_mixture(workdir, domains, average, "the DoReMi weights")
         return {"average_domain_weights": dict(zip(domains, average.tolist()))}
 
-
-def write_mixture_gin(workdir: str, what: str) -> None:
-    """A gin file that points a main run's mixture at this run's domain_weights.json."""
-    path = os.path.join(fileio.absolute(workdir), "domain_weights.json")
-    fileio.write_text_atomic(
-        os.path.join(workdir, "main_mixture.gin"),
-        f"# Train a main model on {what} of {workdir}.\ntrain.sampling_weights = {path!r}\n",
-    )

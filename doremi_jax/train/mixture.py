@@ -1,17 +1,24 @@
-"""The interface a mixture method implements (see `FixedMixture` for the smallest one).
+"""What decides the data mixture while the one loop trains: the trainer's plug-in.
 
-To add a method: subclass `MixtureMethod` as a frozen dataclass whose fields are its
-settings, give it a `name`, build its pure step in `train/steps.py` (or reuse `lm_step`),
-add it to `METHODS` in `__init__.py` (which registers it with gin under its class
-name), and write a gin file in gin/runs/ that sets `train.method = @YourMethod()`.
+A plug-in is a frozen dataclass chosen by gin (`train.method = @DoReMi()`); the loop
+asks it for its state, its step, the rates of the next batch, whether to stop early and
+what to write at the end, and never branches on which one it runs. `FixedMixture` (the
+plain LM run of reference and main models) is the smallest; the others live in their
+method's folder (`doremi_jax/methods/<name>/`), which registers them with gin.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, ClassVar
+import functools
+import os
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
+
+from doremi_jax import fileio
+from doremi_jax.data import weights as weights_lib
+from doremi_jax.train import steps
 
 
 class MethodError(ValueError):
@@ -29,7 +36,19 @@ class MixtureMethod:
         """What a resumed run must share with the run in its workdir (run.json)."""
         return {"name": self.name}
 
-    # --- The reference model, for a method that scores against one (DoReMi).
+    # --- The step's cost, for the FLOPs count and `aot`: a step that runs a reference
+    # model's forward as well costs `models.model_flops_per_step(...)["doremi_step"]`.
+    @property
+    def step_name(self) -> str:
+        """The step's name in `model_flops_per_step` and in `aot`'s reports."""
+        return "lm_step"
+
+    @property
+    def forward_before_accumulating(self) -> bool:
+        """With microbatches, the step runs one more forward over the whole batch first."""
+        return False
+
+    # --- The reference model, for a method that scores against one.
     @property
     def needs_reference(self) -> bool:
         return False
@@ -75,3 +94,27 @@ class MixtureMethod:
         """At the end of a run that was not preempted: entries for summary.json, and
         with `write` (the primary host) the method's own files in the workdir."""
         return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class FixedMixture(MixtureMethod):
+    """Train on the mean token loss of batches sampled by `train.sampling_weights`."""
+
+    name = "lm"
+
+    def step_fn(self, *, model, tx, num_domains, microbatches, reference_model=None):
+        return functools.partial(steps.lm_step, model=model, tx=tx, num_domains=num_domains, microbatches=microbatches)
+
+
+FIXED_MIXTURE = FixedMixture()  # the plain LM run, the trainer's default
+
+
+def write_mixture(workdir: str, domains: Sequence[str], weights, what: str) -> None:
+    """A method's learnt mixture in the workdir: domain_weights.json, and a gin file
+    (main_mixture.gin) that points a main run's mixture at it."""
+    weights_lib.write_weights(os.path.join(workdir, "domain_weights.json"), domains, weights)
+    path = os.path.join(fileio.absolute(workdir), "domain_weights.json")
+    fileio.write_text_atomic(
+        os.path.join(workdir, "main_mixture.gin"),
+        f"# Train a main model on {what} of {workdir}.\ntrain.sampling_weights = {path!r}\n",
+    )
