@@ -25,15 +25,16 @@ from test_command_line import one_line_error, run_entry, train
 K = 4
 
 
-def run_bandit(losses_fn, updates, rates0=None, counts_fn=None, smoothing=0.9):
-    """Feed `updates` batches of per-domain losses; returns the rates after each and the state."""
+def run_bandit(losses_fn, updates, rates0=None, counts_fn=None, smoothing=0.9, variant="paper", first_step=0):
+    """Feed `updates` batches of per-domain losses (global steps from `first_step`);
+    returns the rates after each and the state."""
     state = bandit.init(np.full(K, 1 / K) if rates0 is None else rates0)
     rates = state.average
-    update = jax.jit(functools.partial(bandit.update, smoothing=smoothing))
+    update = jax.jit(functools.partial(bandit.update, smoothing=smoothing, variant=variant))
     history = []
     for t in range(updates):
         counts = jnp.ones(K) if counts_fn is None else jnp.asarray(counts_fn(t), jnp.float32)
-        rates, state = update(state, jnp.asarray(losses_fn(t), jnp.float32), counts, rates)
+        rates, state = update(state, jnp.asarray(losses_fn(t), jnp.float32), counts, rates, step=first_step + t)
         history.append(np.asarray(rates))
     return np.asarray(history), state
 
@@ -58,6 +59,41 @@ def test_update_matches_the_papers_formulas_in_float64():
     ours, _ = run_bandit(lambda t: losses[t], 300)
     np.testing.assert_allclose(ours, reference_exp3(losses, 0.9), rtol=2e-5, atol=1e-6)
     assert np.abs(ours[-1] - 1 / K).max() > 0.01  # the rates really moved
+
+
+def reference_authors(losses, present, smoothing, warmup):
+    """The authors' released update (`SmoothedMeanWeightUpdater.group_update` with their
+    `UpdateScheduler`), written out in float64 from their code: after `warmup` global
+    steps, each present domain's reward is smoothed towards exp(loss), and the rates are
+    proportional to the rewards above the floor ε of the global iteration."""
+    weights, reward = np.full(K, 1 / K), np.zeros(K)
+    out = []
+    for iteration, (loss, here) in enumerate(zip(losses, present), start=1):
+        if iteration > warmup:
+            eps = min(1 / K, math.sqrt(math.log(K) / (K * iteration)))
+            for i in range(K):
+                if here[i]:
+                    reward[i] = smoothing * reward[i] + (1 - smoothing) * math.exp(loss[i])
+            weights = (1 - K * eps) * reward / reward.sum() + eps
+            weights = weights / weights.sum()
+        out.append(weights)
+    return np.asarray(out)
+
+
+def test_the_authors_variant_matches_their_code_in_float64():
+    rng = np.random.default_rng(1)
+    warmup, steps = 20, 300
+    losses = rng.uniform(1.0, 6.0, (steps, K))
+    present = rng.random((steps, K)) > 0.2  # some domains absent from some batches
+    present[warmup] = True  # every reward starts at the first update
+    expected = reference_authors(losses, present, 0.5, warmup)
+    ours, _ = run_bandit(lambda t: losses[warmup + t], steps - warmup, counts_fn=lambda t: present[warmup + t],
+                         smoothing=0.5, variant="authors", first_step=warmup)
+    np.testing.assert_allclose(ours, expected[warmup:], rtol=2e-5, atol=1e-6)
+    # Unlike the paper's importance-weighted softmax, the rates follow the rewards' ratio.
+    paper, _ = run_bandit(lambda t: losses[warmup + t], steps - warmup, counts_fn=lambda t: present[warmup + t],
+                          smoothing=0.5, first_step=warmup)
+    assert np.abs(paper[-1] - ours[-1]).max() > 1e-3
 
 
 def test_domains_of_equal_loss_keep_equal_rates():
@@ -179,6 +215,28 @@ def test_the_readme_odm_command_runs_and_resumes(tmp_path):
     assert more.returncode == 0 and "resuming from step 20" in more.stdout, more.stderr[-3000:]
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert [r["step"] for r in rows if "loss" in r] == list(range(1, 25))
+    # Another update rule's rewards are on another scale: a resume may not switch to it.
+    switched = run_entry("train", *args, *shrink, "--gin.TRAIN_STEPS=28", "--gin.OnlineDataMixing.variant='authors'")
+    assert switched.returncode == 1, switched.stderr[-2000:]
+    one_line_error(switched.stderr, "variant")
+    assert json.load(open(os.path.join(workdir, "summary.json")))["step"] == 24
+
+    # The authors' update from the command line: rates still during the warmup, then
+    # (1 − K·ε_t)·R̂/ΣR̂ + ε_t with t the global step.
+    authors = str(tmp_path / "authors")
+    args = [a if not a.startswith("--workdir=") else f"--workdir={authors}" for a in args]
+    done = run_entry("train", *args, *shrink, "--gin.OnlineDataMixing.variant='authors'",
+                     "--gin.OnlineDataMixing.warmup_steps=5")
+    assert done.returncode == 0, done.stderr[-3000:]
+    domains = ["code", "noise", "prose", "repetitive"]
+    rows = [json.loads(line) for line in open(os.path.join(authors, "metrics.jsonl"))]
+    rows = [r for r in rows if "loss" in r]
+    rates = np.asarray([[r[f"domain_weights/{d}"] for d in domains] for r in rows])
+    np.testing.assert_allclose(rates[:5], 0.25, atol=1e-6)  # MIXTURE_WEIGHTS = 'uniform'
+    for r, pi in zip(rows[5:], rates[5:]):
+        reward = np.asarray([r[f"estimated_reward/{d}"] for d in domains])
+        eps = min(1 / 4, math.sqrt(math.log(4) / (4 * r["step"])))
+        np.testing.assert_allclose(pi, (1 - 4 * eps) * reward / reward.sum() + eps, rtol=1e-4)
 
 
 def test_bad_odm_settings_are_one_line_and_write_nothing(tmp_path, capsys):
@@ -187,4 +245,9 @@ def test_bad_odm_settings_are_one_line_and_write_nothing(tmp_path, capsys):
                        "--gin.OnlineDataMixing.smoothing=1.5", f"--workdir={workdir}"], capsys)
     assert code == 1
     one_line_error(err, "OnlineDataMixing.smoothing=1.5: expected 0 <= smoothing < 1")
+    assert not (workdir / "run.json").exists() and not (workdir / "checkpoints").exists()
+    code, err = train(["--gin_file=gin/runs/odm.gin", "--gin_file=gin/models/tiny.gin",
+                       "--gin.OnlineDataMixing.variant='code'", f"--workdir={workdir}"], capsys)
+    assert code == 1
+    one_line_error(err, "OnlineDataMixing.variant='code': expected one of ['paper', 'authors']")
     assert not (workdir / "run.json").exists() and not (workdir / "checkpoints").exists()

@@ -12,14 +12,15 @@ from doremi_jax.train.state import TrainState
 
 
 def odm_step(state: TrainState, batch: steps.Batch, *, model, tx, num_domains: int, microbatches: int = 1,
-             smoothing: float = 0.9, warmup_steps: int = 0):
+             smoothing: float = 0.9, warmup_steps: int = 0, variant: str = "paper"):
     """The LM step, then Online Data Mixing's EXP3 update: each domain's mean loss in
     this batch is its reward, and the rates for the next batch come out in
     `domain_weights` (`bandit.update`). During the first `warmup_steps` steps the rates
     stay where they started and nothing is learnt; a skipped step changes nothing."""
     new_state, metrics = steps.lm_step(state, batch, model=model, tx=tx, num_domains=num_domains, microbatches=microbatches)
     rates, bandit_state = bandit.update(
-        state.method_state, metrics["domain_loss"], metrics["domain_tokens"], state.domain_weights, smoothing
+        state.method_state, metrics["domain_loss"], metrics["domain_tokens"], state.domain_weights, smoothing,
+        variant, state.step,
     )
     learn = metrics["step_ok"] & (state.step >= warmup_steps)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(learn, a, b), new, old)  # noqa: E731

@@ -25,8 +25,14 @@ class OnlineDataMixing(MixtureMethod):
 
     smoothing: float = 0.9
     warmup_steps: int = 0
+    # "paper": Algorithm 1 (importance-weighted reward L/π, softmax); "authors": their
+    # released code's update for the paper's results (smoothed exp(L), proportional
+    # rates, ε by the global step; `bandit.py`).
+    variant: str = "paper"
 
     def check(self):
+        if self.variant not in bandit.VARIANTS:
+            raise MethodError(f"OnlineDataMixing.variant={self.variant!r}: expected one of {list(bandit.VARIANTS)}")
         if not 0.0 <= self.smoothing < 1.0:
             raise MethodError(f"OnlineDataMixing.smoothing={self.smoothing}: expected 0 <= smoothing < 1")
         if self.warmup_steps < 0:
@@ -38,8 +44,11 @@ class OnlineDataMixing(MixtureMethod):
     def step_fn(self, *, model, tx, num_domains, microbatches, reference_model=None):
         return functools.partial(
             step.odm_step, model=model, tx=tx, num_domains=num_domains, microbatches=microbatches,
-            smoothing=self.smoothing, warmup_steps=self.warmup_steps,
+            smoothing=self.smoothing, warmup_steps=self.warmup_steps, variant=self.variant,
         )
+
+    def identity(self):  # the reward's scale differs: a resume must not switch variants
+        return {"name": self.name, **({"variant": self.variant} if self.variant != "paper" else {})}
 
     @property
     def live_rates(self):

@@ -23,7 +23,7 @@ from doremi_jax.stages import file_hash
 def temperature_rates(tokens, temperature: float) -> np.ndarray:
     """p ∝ n^(1/τ), computed in log space (a large corpus's counts to a power stay finite)."""
     tokens = np.asarray(tokens, np.float64)
-    logits = np.where(tokens > 0, np.log(np.maximum(tokens, 1.0)) / temperature, -np.inf)
+    logits = np.where(tokens > 0, np.log(np.where(tokens > 0, tokens, 1.0)) / temperature, -np.inf)
     rates = np.exp(logits - logits.max())
     return rates / rates.sum()
 
