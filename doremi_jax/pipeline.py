@@ -32,7 +32,7 @@ import numpy as np
 
 from doremi_jax import cli, comparison, config, configurables, fileio, methods as methods_lib, report, sharding
 from doremi_jax.methods import Context, Found, Method
-from doremi_jax.stages import MAIN, CommandLine, StageFactory, check_command_line, weights_of, write_json
+from doremi_jax.stages import MAIN, CommandLine, Stage, StageFactory, check_command_line, weights_of, write_json
 from doremi_jax.train import workdir as workdir_lib
 
 
@@ -98,7 +98,7 @@ def run_pipeline(
     # Every stage's configuration is checked before anything is written.
     for method in chosen:
         method.check(ctx)
-    check_command_line(first_stages(ctx, chosen), command_line)
+    check_command_line([stage for _, stage, _, _ in topology(ctx, chosen)], command_line)
     workdir_lib.check_writable(workdir)
     if config_text is not None:
         config.write_file(os.path.join(workdir, "pipeline.gin"), config_text)
@@ -177,15 +177,20 @@ def run_pipeline(
     return portable
 
 
-def first_stages(ctx: Context, chosen: Sequence[Method]) -> list:
-    """One stage of each kind the experiment runs (parsed before anything is written;
-    `aot` compiles the same): each method's own, the main models' and, for a method
-    whose main models train with a plug-in of their own, one of those."""
-    own = [stage for method in chosen for _, stage, _, _ in method.stages(ctx)]
-    mains = [ctx.stages.main(f"main_{chosen[0].name}", ctx.baseline_weights, "")]
-    mains += [ctx.stages.main(f"main_{m.name}", ctx.baseline_weights, "", trainer=m.main_trainer)
-              for m in chosen if m.main_trainer]
-    return own + mains
+def topology(ctx: Context, chosen: Sequence[Method], searches: int = 1,
+             seeds: int = 1) -> list[tuple[str, Stage, int, bool]]:
+    """One stage of each kind the experiment trains, as (name, stage, how many runs,
+    whether each runs on one host's chips): each method's own stages (once per search),
+    the main models on fixed rates (the baseline and every method without a plug-in of
+    its own, once per main seed) and main_<method> for a method whose main models train
+    with its plug-in. The run parses them before anything is written; `aot` compiles them."""
+    kinds = [(name, stage, runs * searches, one_host)
+             for method in chosen for name, stage, runs, one_host in method.stages(ctx)]
+    fixed = 1 + sum(not m.main_trainer for m in chosen)
+    kinds.append((MAIN, ctx.stages.main(f"main_{chosen[0].name}", ctx.baseline_weights, ""), fixed * seeds, False))
+    kinds += [(f"main_{m.name}", ctx.stages.main(f"main_{m.name}", ctx.baseline_weights, "", trainer=m.main_trainer),
+               seeds, False) for m in chosen if m.main_trainer]
+    return kinds
 
 
 def _mean_mixture(found: Mapping[int | None, Found], domains: Sequence[str]) -> dict[str, float] | None:

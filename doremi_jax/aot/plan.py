@@ -67,13 +67,8 @@ def plans(files: Sequence[str], bindings: Sequence[str]) -> tuple[list[StagePlan
     ctx = Context(PLACEHOLDER, factory, "natural", options)
     searches = max(1, len(experiment["search_seeds"] or ()))  # each repeats the searches' stages
     seeds = max(1, len(experiment["main_seeds"] or ()))
-    kinds = [(name, stage, runs * searches, one_host) for m in chosen for name, stage, runs, one_host in m.stages(ctx)]
-    fixed_mains = 1 + sum(not m.main_trainer for m in chosen)  # the baseline, and each method on fixed rates
-    kinds.append(("main", factory.main("main", "natural", ""), fixed_mains * seeds, False))
-    kinds += [(f"main_{m.name}", factory.main(f"main_{m.name}", "natural", "", trainer=m.main_trainer), seeds, False)
-              for m in chosen if m.main_trainer]
     out = []
-    for name, stage, runs, one_host in kinds:
+    for name, stage, runs, one_host in pipeline.topology(ctx, chosen, searches, seeds):
         stage.parse(check_macros=True, fill_required=PLACEHOLDER)
         out.append(_plan(name, runs, one_host))
     return out, "pipeline"
