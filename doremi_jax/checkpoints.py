@@ -181,8 +181,21 @@ class Checkpointer:
             self._manager.close()
 
 
-def restore_params(directory: str, abstract_params: Any) -> Any:
-    """The `params` of the latest checkpoint under `directory` (e.g. the reference model).
+def saved_steps(directory: str) -> list[int]:
+    """The steps of the complete checkpoints under `directory`, oldest first."""
+    if not fileio.isdir(directory):
+        return []
+    options = ocp.CheckpointManagerOptions(create=False, read_only=True)
+    manager = ocp.CheckpointManager(fileio.absolute(directory), options=options)
+    try:
+        return sorted(int(s) for s in manager.all_steps())
+    finally:
+        manager.close()
+
+
+def restore_params(directory: str, abstract_params: Any, step: int | None = None) -> Any:
+    """The `params` of the checkpoint at `step` (default: the latest) under `directory`
+    (e.g. the reference model).
 
     A clear error when there is no checkpoint or its shapes differ from `abstract_params`.
     """
@@ -192,7 +205,7 @@ def restore_params(directory: str, abstract_params: Any) -> Any:
     manager = ocp.CheckpointManager(
         fileio.absolute(directory), options=options, item_handlers=ocp.PyTreeCheckpointHandler()
     )
-    step = manager.latest_step()
+    step = manager.latest_step() if step is None else step
     if step is None:
         raise CheckpointError(f"no complete checkpoint in {directory!r}")
     try:

@@ -173,9 +173,11 @@ def test_the_comparison_experiment_plans_odm_and_regmix_regmix_on_one_host(tmp_p
     )
     assert result.returncode == 0, result.stderr
     stages = {s["stage"]: s for s in json.loads(out.read_text())["stages"]}
-    assert list(stages) == ["reference", "proxy", "regmix", "main", "main_odm"]
-    # Three seeds of baseline, DoReMi, uniform, temperature and RegMix's mixture; of ODM; 16 small runs.
-    assert (stages["main"]["runs"], stages["main_odm"]["runs"], stages["regmix"]["runs"]) == (15, 3, 16)
+    assert list(stages) == ["reference", "proxy", "doremi_matched/reference", "doremi_matched/proxy", "regmix", "main",
+                            "main_odm"]
+    # Three seeds of baseline, DoReMi, uniform, temperature, step-matched DoReMi and RegMix's
+    # mixture; of ODM; 16 small runs.
+    assert (stages["main"]["runs"], stages["main_odm"]["runs"], stages["regmix"]["runs"]) == (18, 3, 16)
     assert stages["main_odm"]["run"] == "odm" and stages["regmix"]["train_steps"] == 100
     assert stages["regmix"]["chips"] == 4 and stages["main"]["chips"] == 8
     assert stages["regmix"]["topology"].startswith("one host of v5p:2x2x2")
@@ -193,7 +195,8 @@ def test_the_comparison_experiment_plans_odm_and_regmix_regmix_on_one_host(tmp_p
     assert {p.name: p.one_host for p in plans} == {n: False for n in stages}
     # Two searches: the rounds and the small runs twice; four main seeds of each mixture.
     plans, _ = aot_plan.plans(["gin/experiments/compare_demo_search.gin", "gin/models/tiny.gin"], [])
-    assert {p.name: p.runs for p in plans} == {"reference": 2, "proxy": 2, "main": 20, "main_odm": 4, "regmix": 32}
+    assert {p.name: p.runs for p in plans} == {"reference": 2, "proxy": 2, "doremi_matched/reference": 2,
+                                                  "doremi_matched/proxy": 2, "main": 24, "main_odm": 4, "regmix": 32}
 
 
 def test_a_configuration_that_cannot_fit_is_reported_before_anything_runs(tmp_path):

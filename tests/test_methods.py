@@ -58,7 +58,7 @@ def toy(tmp_path):
     folder.mkdir()
     (folder / "toy_mixture.py").write_text(TOY)
     gin_file = tmp_path / "toy.gin"
-    gin_file.write_text("import toy_mixture\n\nrun_pipeline.methods = ['temperature', 'toy']\n"
+    gin_file.write_text("import toy_mixture\n\nrun_pipeline.methods = ['temperature', 'toy', 'doremi_matched']\n"
                         "FirstDomainHeavy.share = 0.6\n")
     return str(folder), str(gin_file)
 
@@ -80,8 +80,9 @@ def test_a_method_written_in_a_test_runs_through_the_pipeline_comparison_report_
     data = write_three_domain_corpus(str(tmp_path / "corpus"))
     workdir = str(tmp_path / "w")
     args = ["--gin_file=gin/experiments/demo.gin", f"--gin_file={toy_gin}", *SHRINK, f"--gin.DATA_DIR='{data}'",
-            "--gin.TRAIN_STEPS=4", "--gin.main/DownstreamConfig.tasks=[]", "--gin.TrainConfig.tensorboard=False",
-            "--gin.TemperatureSampling.temperature=2.0", f"--workdir={workdir}"]
+            "--gin.TRAIN_STEPS=6", "--gin.main/DownstreamConfig.tasks=[]", "--gin.TrainConfig.tensorboard=False",
+            "--gin.TemperatureSampling.temperature=2.0", "--gin.DoReMiStepMatched.reference_every=2",
+            f"--workdir={workdir}"]
     env = {"PYTHONPATH": os.pathsep.join([folder, os.environ.get("PYTHONPATH", "")])}
 
     # A bad setting of a method is refused before anything is written.
@@ -105,12 +106,31 @@ def test_a_method_written_in_a_test_runs_through_the_pipeline_comparison_report_
     temperature = json.load(open(os.path.join(workdir, "main_temperature", "summary.json")))["sampling_weights"]
     np.testing.assert_allclose([temperature[d] for d in domains], temperature_rates(natural, 2.0), atol=1e-6)
     comparison = evaluation["comparison"]
-    assert list(comparison["methods"]) == ["baseline", "doremi", "temperature", "toy"]
+    assert list(comparison["methods"]) == ["baseline", "doremi", "temperature", "toy", "doremi_matched"]
     assert comparison["methods"]["toy"]["weights"][domains[0]] == pytest.approx(0.6, abs=1e-6)
     assert comparison["methods"]["toy"]["search_flops"] == 0
     report = open(os.path.join(workdir, "report.md")).read()
     assert "## The toy's section" in report and "| Toy |" in report and "| temperature |" in report
     assert "0 (none (τ = 2))" in report and "0 (none (a test's method))" in report
+    assert "## DoReMi (step-matched)" in report
+
+    # The step-matched DoReMi: its reference kept every second step, and its proxy scored
+    # step t against the checkpoint nearest t (ties to the earlier), where DoReMi's scored
+    # every step against the finished reference. Same data and start: same first losses.
+    saved = sorted(int(s) for s in os.listdir(os.path.join(workdir, "doremi_matched/round_1/reference/checkpoints")))
+    assert saved == [2, 4, 6]
+
+    def proxy_rows(folder):
+        rows = [json.loads(line) for line in open(os.path.join(workdir, folder, "metrics.jsonl"))]
+        return [r for r in rows if "loss" in r]
+
+    matched, plain = proxy_rows("doremi_matched/round_1/proxy"), proxy_rows("round_1/proxy")
+    assert [r["reference_step"] for r in matched] == [2, 2, 2, 2, 4, 4]
+    assert [r["reference_step"] for r in plain] == [6] * 6
+    first = f"domain_loss/{domains[0]}"
+    assert matched[0][first] == pytest.approx(plain[0][first], rel=1e-6)
+    assert matched[0][f"reference_{first}"] != pytest.approx(plain[0][f"reference_{first}"], rel=1e-6)
+    assert evaluation["doremi_matched"]["weights"] != evaluation["doremi_weights"]
 
     # aot's plan counts the toy's and the temperature's main models among the fixed mixtures.
     monkeypatch.syspath_prepend(folder)
@@ -119,7 +139,8 @@ def test_a_method_written_in_a_test_runs_through_the_pipeline_comparison_report_
 
     plans, kind = plan.plans(["gin/experiments/demo.gin", toy_gin], ["run_pipeline.main_seeds = [0, 1]"])
     assert kind == "pipeline"
-    assert {p.name: p.runs for p in plans} == {"reference": 1, "proxy": 1, "main": 2 * 4}
+    assert {p.name: p.runs for p in plans} == {"reference": 1, "proxy": 1, "doremi_matched/reference": 1,
+                                                  "doremi_matched/proxy": 1, "main": 2 * 5}
 
 
 # Where a method may be named in code: its own folder, the registry that imports the

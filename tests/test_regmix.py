@@ -59,7 +59,7 @@ def test_too_few_runs_or_an_unknown_regressor_is_refused():
 
 @pytest.mark.slow
 def test_the_comparison_experiment_on_a_corpus_with_a_known_best_mixture(tmp_path):
-    """All six mixtures at tiny sizes (two seeds), from the command line. RegMix's target
+    """All seven mixtures at tiny sizes (two seeds), from the command line. RegMix's target
     is the learnable domain: the more of it in the mix, the lower its loss, so its corner
     must rank first among the corners and get the largest weight."""
     data = write_three_domain_corpus(str(tmp_path / "corpus"))
@@ -87,7 +87,7 @@ def test_the_comparison_experiment_on_a_corpus_with_a_known_best_mixture(tmp_pat
         assert summary["sampling_weights"] == pytest.approx(run["mixture"], abs=1e-6)
 
     comparison = evaluation["comparison"]
-    assert list(comparison["methods"]) == ["baseline", "doremi", "uniform", "temperature", "odm", "regmix"]
+    assert list(comparison["methods"]) == ["baseline", "doremi", "uniform", "temperature", "doremi_matched", "odm", "regmix"]
     assert comparison["seeds"] == [0, 1]
     # This corpus has no test split: the verdicts are on validation, and the report says so.
     assert comparison["split"] == "validation"
@@ -130,7 +130,7 @@ def test_the_comparison_experiment_on_a_corpus_with_a_known_best_mixture(tmp_pat
     # A rerun skips every finished stage, the small runs included.
     again = run_entry("pipeline", *args)
     assert again.returncode == 0 and "retraining" not in again.stdout
-    assert again.stdout.count("skipped") >= 2 + 8 + 6 * 2
+    assert again.stdout.count("skipped") >= 2 + 2 + 8 + 7 * 2
 
 
 def test_the_search_stays_within_the_runs_and_the_epoch_cap():

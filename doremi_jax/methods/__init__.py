@@ -8,9 +8,9 @@ README's "Mixture methods"; a method outside the package registers itself the sa
 
 from doremi_jax.methods.base import Context, Found, Method
 from doremi_jax.methods.registry import get, label, names, register, register_with_gin, settings_names, stage_kinds
-from doremi_jax.methods import doremi, odm, regmix, temperature, uniform  # noqa: E402
+from doremi_jax.methods import doremi, doremi_matched, odm, regmix, temperature, uniform  # noqa: E402
 
-BUILT_IN = (doremi, odm, regmix, temperature, uniform)  # their folders register them when imported
+BUILT_IN = (doremi, doremi_matched, odm, regmix, temperature, uniform)  # their folders register them when imported
 
 PRIMARY = doremi.DoReMiSearch.name  # the pipeline's own method: its weights are the workdir's domain_weights.json
 

@@ -223,12 +223,11 @@ def train(
     with_reference = method.needs_reference
     reference = None
     if with_reference and not eval_only:
-        # Read (and check) the reference before this run writes anything.
-        reference_cfg = method.reference_model or model
-        reference_params, ref_shardings = workdir_lib.load_reference(
-            method, reference_cfg, domains, vocab.fingerprint, device_mesh, mesh.rules
+        # Read (and check) the reference before this run writes anything (the loop
+        # moves it to the checkpoint each step scores against).
+        reference = workdir_lib.Reference(
+            method, method.reference_model or model, domains, vocab.fingerprint, device_mesh, mesh.rules, step=0
         )
-        reference = (reference_cfg.make(), reference_params, ref_shardings)
     logging.info("model: %s parameters (%.1fM), mesh %s", f"{n_params:,}", n_params / 1e6, dict(device_mesh.shape))
 
     estimate = memory.memory_estimate(
@@ -351,7 +350,11 @@ def train(
         t0, last_log_step = time.perf_counter(), start
         step = start
         while step < config.train_steps:
+            if reference is not None:
+                reference.advance(step)  # the checkpoint the plug-in picks for this step
             state, step_metrics = run_step(state, batch)
+            if reference is not None:  # which reference checkpoint it scored against
+                step_metrics = dict(step_metrics, reference_step=reference.step)
             step += 1
             # The next batch, built ahead by the prefetcher while the device ran; live
             # rates (a function of the train state) wait for this step's state.

@@ -62,6 +62,11 @@ class MixtureMethod:
         """The reference's TransformerConfig; None: the trained model's own."""
         return None
 
+    def reference_checkpoint(self, step: int, saved: Sequence[int]) -> int | None:
+        """Which of the reference run's saved checkpoints (`saved`, their steps) the step
+        at `step` scores against; None: the latest (the finished reference)."""
+        return None
+
     # --- State and step (traced under jit: jax only).
     def start_weights(self, named_weights: Callable[[str], np.ndarray], sampling: np.ndarray) -> np.ndarray:
         """The weights in the train state at step 0 (`state.domain_weights`), given

@@ -129,12 +129,11 @@ def jit_step(model, tx, method, num_domains, microbatches, mesh, state_shardings
 
 
 def compile_step(model, tx, method, num_domains, microbatches, mesh, state_shardings, reference=None):
-    """`run_step(state, batch) -> (state, metrics)`: `jit_step`, with the reference params
-    bound when `reference` is given as (reference model, its params, their shardings)."""
+    """`run_step(state, batch) -> (state, metrics)`: `jit_step`, with `reference` (its
+    `model`, `shardings` and current `params`, `workdir.Reference`) passed to every call."""
     if reference is None:
         return jit_step(model, tx, method, num_domains, microbatches, mesh, state_shardings)
-    reference_model, reference_params, ref_shardings = reference
     step_fn = jit_step(
-        model, tx, method, num_domains, microbatches, mesh, state_shardings, (reference_model, ref_shardings),
+        model, tx, method, num_domains, microbatches, mesh, state_shardings, (reference.model, reference.shardings),
     )
-    return lambda s, b: step_fn(s, b, reference_params)
+    return lambda s, b: step_fn(s, b, reference.params)

@@ -105,10 +105,37 @@ def check_writable(workdir: str) -> None:
         raise TrainingError(f"workdir {workdir!r} is not writable: {e.strerror or e}") from None
 
 
-def load_reference(method, reference_cfg, domains, vocabulary, mesh, rules):
-    """The reference model's params (sharded by the rules) and their shardings, after
-    checking that it was trained on the same domains and vocabulary (by fingerprint:
-    two SentencePiece models of one size are still two vocabularies)."""
+class Reference:
+    """The reference model a step scores against, sharded by the rules: the plug-in picks,
+    per step, one of the reference run's saved checkpoints (`reference_checkpoint`; by
+    default the latest), and a checkpoint is read only when the pick changes."""
+
+    def __init__(self, method, reference_cfg, domains, vocabulary, mesh, rules, step: int):
+        _check_reference_run(method, domains, vocabulary)
+        self.method, self.model = method, reference_cfg.make()
+        self.abstract, self.shardings = setup.abstract_params(reference_cfg, mesh, rules)
+        self.directory = os.path.join(method.reference_workdir, "checkpoints")
+        self.saved = checkpoints.saved_steps(self.directory)
+        self.step, self.params = None, None
+        self.advance(step)
+
+    def advance(self, step: int) -> None:
+        """Make `params` the reference the step at `step` scores against."""
+        want = self.method.reference_checkpoint(step, self.saved)
+        if want is None and self.saved:
+            want = self.saved[-1]
+        if want is not None and want == self.step:
+            return
+        try:
+            self.params = checkpoints.restore_params(self.directory, self.abstract, want)
+        except checkpoints.CheckpointError as e:
+            raise TrainingError(f"reference model: {e}") from None
+        self.step = want
+
+
+def _check_reference_run(method, domains, vocabulary) -> None:
+    """The reference run exists and was trained on the same domains and vocabulary (by
+    fingerprint: two SentencePiece models of one size are still two vocabularies)."""
     reference_workdir = method.reference_workdir
     if not reference_workdir:
         name = type(method).__name__
@@ -123,12 +150,6 @@ def load_reference(method, reference_cfg, domains, vocabulary, mesh, rules):
                 f"{ref_run.get('domains')} with vocabulary {ref_run.get('vocabulary')}; "
                 f"this run has {list(domains)} with {vocabulary}"
             )
-    ref_abstract, ref_shardings = setup.abstract_params(reference_cfg, mesh, rules)
-    try:
-        params = checkpoints.restore_params(os.path.join(reference_workdir, "checkpoints"), ref_abstract)
-    except checkpoints.CheckpointError as e:
-        raise TrainingError(f"reference model: {e}") from None
-    return params, ref_shardings
 
 
 def eval_summary(results) -> dict:

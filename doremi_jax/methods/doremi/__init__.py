@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import ClassVar
 
 import numpy as np
 
@@ -38,22 +39,34 @@ class DoReMiSearch(Method):
     trainers = (DoReMi,)
     stage_kinds = (REFERENCE, PROXY)
     searched = True
+    folder: ClassVar[str] = ""  # a variant's stages and files go in a folder of their own
+
+    def reference_bindings(self) -> list[str]:
+        """What a variant adds to its reference stages (after the experiment's)."""
+        return []
+
+    def proxy_bindings(self) -> list[str]:
+        """What a variant adds to its proxy stages (after the experiment's)."""
+        return []
 
     def _reference(self, ctx, k, weights, upstream, search=None):
         o = ctx.options
-        return ctx.stages.make(REFERENCE, f"round_{k}/reference", o.get("reference_gin", ("gin/runs/reference.gin",)),
-                               [*o.get("reference_bindings", ()), f"REFERENCE_WEIGHTS = {weights!r}"], upstream, search)
+        return ctx.stages.make(REFERENCE, f"{self.folder}round_{k}/reference",
+                               o.get("reference_gin", ("gin/runs/reference.gin",)),
+                               [*o.get("reference_bindings", ()), f"REFERENCE_WEIGHTS = {weights!r}",
+                                *self.reference_bindings()], upstream, search)
 
     def _proxy(self, ctx, k, reference_dir, upstream, search=None):
         o = ctx.options
-        return ctx.stages.make(PROXY, f"round_{k}/proxy", o.get("proxy_gin", ("gin/runs/proxy.gin",)),
-                               [*o.get("proxy_bindings", ()), f"REFERENCE_DIR = {reference_dir!r}"], upstream, search)
+        return ctx.stages.make(PROXY, f"{self.folder}round_{k}/proxy", o.get("proxy_gin", ("gin/runs/proxy.gin",)),
+                               [*o.get("proxy_bindings", ()), f"REFERENCE_DIR = {reference_dir!r}",
+                                *self.proxy_bindings()], upstream, search)
 
     def stages(self, ctx):
         rounds = int(ctx.options.get("max_rounds", 1))
-        return [(REFERENCE, self._reference(ctx, 1, ctx.options.get("initial_reference_weights", "natural"), ""),
-                 rounds, False),
-                (PROXY, self._proxy(ctx, 1, ctx.workdir, ""), rounds, False)]
+        return [(f"{self.folder}{REFERENCE}",
+                 self._reference(ctx, 1, ctx.options.get("initial_reference_weights", "natural"), ""), rounds, False),
+                (f"{self.folder}{PROXY}", self._proxy(ctx, 1, ctx.workdir, ""), rounds, False)]
 
     def search(self, ctx, search):
         """One search's rounds of reference and proxy, until ‖ᾱ − α_ref‖∞ < tolerance
@@ -89,9 +102,10 @@ class DoReMiSearch(Method):
             if change < tolerance:
                 break
         final = rounds[-1]["average_domain_weights"]
-        weights_file = os.path.join(ctx.workdir, search_folder(search), "domain_weights.json")
+        folder = os.path.join(ctx.workdir, search_folder(search), self.folder)
+        weights_file = os.path.join(folder, "domain_weights.json")
         weights_lib.write_weights(weights_file, list(final), list(final.values()))
-        write_json(os.path.join(ctx.workdir, search_folder(search), "rounds.json"), rounds)
+        write_json(os.path.join(folder, "rounds.json"), rounds)
         return Found(weights=weights_file, upstream=file_hash(weights_file), mixture=final, flops=flops,
                      record={"rounds": rounds})
 
