@@ -1,11 +1,14 @@
 """The one trainer loop: reference, proxy and main runs, and every mixture method,
 differ only by gin (`train.method`: `train/mixture.py`).
 
-Sections, top to bottom: configs; set-up (corpus, mesh, model, sharded state); the
-compiled step; the loop (batches in, step, metrics and checkpoints out); the run's
-outputs. The step functions are pure (`steps.py`), the mixture method says what differs
-between runs (`mixture.py`; each method's own in `doremi_jax/methods/`), set-up builds the sharded state (`setup.py`), and the
-workdir's identity, reference and evaluation files are `workdir.py`'s.
+Sections, top to bottom: configs; `train` (the entry: prepare, then evaluate only or
+train); `_prepare` (checks, corpus, identity, memory, reference, the sharded state
+restored); `_evaluate_only`; `_train` (the compiled step and the loop: batches in, step,
+metrics and checkpoints out), `_final_evaluation` and `_write_summary`. The step
+functions are pure (`steps.py`), the mixture method says what differs between runs
+(`mixture.py`; each method's own in `doremi_jax/methods/`), set-up builds the sharded
+state (`setup.py`), and the workdir's identity, reference and evaluation files are
+`workdir.py`'s.
 """
 
 from __future__ import annotations
@@ -149,6 +152,46 @@ def train(
     optimizer state at step 0 (how to keep a model's progress under another optimizer).
     Every check that can refuse the run comes before anything is written.
     """
+    run = _prepare(workdir, method, model, data, mesh, optimizer, config, downstream, sampling_weights, overwrite,
+                   eval_only, config_text, stage_fingerprint, load_parameters_from)
+    if eval_only:
+        return _evaluate_only(run)
+    return _train(run)
+
+
+@dataclasses.dataclass
+class _Run:
+    """What preparing a run checked, read and built: all that its steps and its end use."""
+
+    workdir: str
+    method: MixtureMethod
+    data: inputs.DataConfig
+    mesh: sharding.MeshConfig
+    config: TrainConfig
+    primary: bool
+    corpus: Any
+    domains: list
+    device_mesh: Any
+    fixed_sampling: np.ndarray
+    transformer: Any
+    tx: Any
+    state: Any
+    state_shardings: Any
+    start: int
+    ckpt: checkpoints.Checkpointer
+    evaluators: dict
+    downstream_eval: Any
+    reference: Any
+
+    @property
+    def verdict_evaluator(self):
+        return self.evaluators[self.corpus.verdict_split]
+
+
+def _prepare(workdir, method, model, data, mesh, optimizer, config, downstream, sampling_weights, overwrite,
+             eval_only, config_text, stage_fingerprint, load_parameters_from) -> _Run:
+    """Checks (settings, corpus, identity, memory, reference), then the sharded state,
+    restored from the run's checkpoint or another run's parameters, and the evaluators."""
     if not isinstance(method, MixtureMethod):
         raise TrainingError(f"train.method={method!r}: expected a mixture method (doremi_jax/train/mixture.py)")
     try:
@@ -290,26 +333,39 @@ def train(
         )
         for split in dict.fromkeys(("validation", corpus.verdict_split))
     }
-    evaluator = evaluators[corpus.verdict_split]
-    eval_prefix = metrics_lib.eval_prefix(corpus.verdict_split)
     downstream_eval = None
     if downstream.tasks:
         downstream_eval = downstream_lib.DownstreamEvaluator(
             downstream, model, device_mesh, mesh.rules, param_shardings, corpus, vocab,
         )
-    if eval_only:
-        ckpt.close()
-        results = {split: e(state.params) for split, e in evaluators.items()}
-        summary = {"step": start, "domains": list(domains), **workdir_lib.eval_summary(results)}
-        if downstream_eval:
-            summary["downstream"] = downstream_eval(state.params)
-        if primary:
-            workdir_lib.write_eval(workdir, results, summary.get("downstream"))
-        return summary
+    return _Run(workdir, method, data, mesh, config, primary, corpus, list(domains), device_mesh, fixed_sampling,
+                transformer, tx, state, state_shardings, start, ckpt, evaluators, downstream_eval, reference)
 
-    # --- The compiled step.
+
+def _evaluate_only(run: _Run) -> dict[str, Any]:
+    """`python -m doremi_jax.evaluate`: the checkpoint's evaluations, no step taken."""
+    run.ckpt.close()
+    results = {split: e(run.state.params) for split, e in run.evaluators.items()}
+    summary = {"step": run.start, "domains": run.domains, **workdir_lib.eval_summary(results)}
+    if run.downstream_eval:
+        summary["downstream"] = run.downstream_eval(run.state.params)
+    if run.primary:
+        workdir_lib.write_eval(run.workdir, results, summary.get("downstream"))
+    return summary
+
+
+def _train(run: _Run) -> dict[str, Any]:
+    """The loop: batches in, steps, metrics and checkpoints out; then the final
+    evaluation and summary.json."""
+    workdir, method, config, data, primary = run.workdir, run.method, run.config, run.data, run.primary
+    corpus, domains, device_mesh, fixed_sampling = run.corpus, run.domains, run.device_mesh, run.fixed_sampling
+    state, start, ckpt, reference = run.state, run.start, run.ckpt, run.reference
+    evaluator = run.verdict_evaluator
+    eval_prefix = metrics_lib.eval_prefix(corpus.verdict_split)
+    seed_words = sampler_lib.stream_seed(config.seed, config.stream)
     run_step = setup.compile_step(
-        transformer, tx, method, k, config.microbatches, device_mesh, state_shardings, reference
+        run.transformer, run.tx, method, len(domains), config.microbatches, device_mesh, run.state_shardings,
+        reference,
     )
 
     sampler = sampler_lib.MixtureSampler(
@@ -343,7 +399,7 @@ def train(
     stop_early = method.early_stop()
 
     # --- The loop.
-    with sharding.activate(device_mesh, mesh.rules), _Preemption() as preemption, prefetcher:
+    with sharding.activate(device_mesh, run.mesh.rules), _Preemption() as preemption, prefetcher:
         weights = np.asarray(state.domain_weights) if live_rates else fixed_sampling
         batch = next_batch(start, weights) if start < config.train_steps else None
         pending = None  # the previous step's metrics, read one step late to keep the device busy
@@ -375,8 +431,8 @@ def train(
                 t0, last_log_step = time.perf_counter(), step
             if config.eval_every and step % config.eval_every == 0 and step < config.train_steps:
                 writer.write(step, {f"{eval_prefix}/{n}": v for n, v in evaluator(state.params).scalars().items()})
-                if downstream_eval:
-                    writer.write(step, downstream_lib.scalars(downstream_eval(state.params)))
+                if run.downstream_eval:
+                    writer.write(step, downstream_lib.scalars(run.downstream_eval(state.params)))
             if stop_early is not None and stop_early(step, step_metrics):
                 summary["stopped"] = "early_stop"
                 summary["steps_saved"] = config.train_steps - step
@@ -394,37 +450,48 @@ def train(
         if summary["stopped"] != "preempted" and ckpt.latest_step() != step:
             ckpt.save(step, state, force=True)
         ckpt.close()
-
-        # --- Outputs of the run.
         summary["step"] = int(step)
         if summary["stopped"] != "preempted":
-            results = {split: e(state.params) for split, e in evaluators.items()}
-            for split, r in results.items():
-                writer.write(step, {f"{metrics_lib.eval_prefix(split)}/{n}": v for n, v in r.scalars().items()})
-            summary.update(workdir_lib.eval_summary(results))
-            result = results["validation"]
-            if result.unscored and primary:
-                print(f"warning: no held-out tokens in {', '.join(result.unscored)}: "
-                      "left out of the average and the worst case", flush=True)
-            if downstream_eval:
-                summary["downstream"] = downstream_eval(state.params)
-                writer.write(step, downstream_lib.scalars(summary["downstream"]))
-            if primary:
-                workdir_lib.write_eval(workdir, results, summary.get("downstream"))
+            _final_evaluation(run, state, step, summary, writer)
         writer.close()
         fault_point("after_final_eval")
+    return _write_summary(run, state, summary, prefetcher)
+
+
+def _final_evaluation(run: _Run, state, step: int, summary: dict, writer) -> None:
+    """Every split's evaluation and the downstream tasks at the end, into the metrics,
+    the summary and the workdir's evaluation files."""
+    results = {split: e(state.params) for split, e in run.evaluators.items()}
+    for split, r in results.items():
+        writer.write(step, {f"{metrics_lib.eval_prefix(split)}/{n}": v for n, v in r.scalars().items()})
+    summary.update(workdir_lib.eval_summary(results))
+    result = results["validation"]
+    if result.unscored and run.primary:
+        print(f"warning: no held-out tokens in {', '.join(result.unscored)}: "
+              "left out of the average and the worst case", flush=True)
+    if run.downstream_eval:
+        summary["downstream"] = run.downstream_eval(state.params)
+        writer.write(step, downstream_lib.scalars(summary["downstream"]))
+    if run.primary:
+        workdir_lib.write_eval(run.workdir, results, summary.get("downstream"))
+
+
+def _write_summary(run: _Run, state, summary: dict, prefetcher) -> dict[str, Any]:
+    """summary.json, the run's last file: what ran, on what, and the method's results."""
+    config, domains, fixed_sampling = run.config, run.domains, run.fixed_sampling
     # Which processes trained it: all of them, or one alone (hosts.alone).
-    summary["processes"] = sorted({int(d.process_index) for d in device_mesh.devices.flat})
+    summary["processes"] = sorted({int(d.process_index) for d in run.device_mesh.devices.flat})
     summary["prefetch"] = {"depth": config.prefetch, "rows_built": prefetcher.rows_built,
                            "rows_rebuilt": prefetcher.rows_rebuilt}
     summary["domains"] = list(domains)
     summary["sampling_weights"] = dict(zip(domains, np.asarray(fixed_sampling, float).tolist()))
     # The corpus's own rates (tokens per domain): what mixture searches start from.
-    summary["natural_weights"] = dict(zip(domains, np.asarray(inputs.named_weights("natural", corpus), float).tolist()))
+    summary["natural_weights"] = dict(zip(domains, np.asarray(inputs.named_weights("natural", run.corpus),
+                                                              float).tolist()))
     if summary["stopped"] != "preempted":
-        summary.update(method.finish(workdir, domains, state, primary))
-    if primary:
-        fileio.write_text_atomic(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2))
+        summary.update(run.method.finish(run.workdir, domains, state, run.primary))
+    if run.primary:
+        fileio.write_text_atomic(os.path.join(run.workdir, "summary.json"), json.dumps(summary, indent=2))
     return summary
 
 

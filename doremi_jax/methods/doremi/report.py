@@ -7,7 +7,7 @@ import os
 from typing import Any, Mapping, Sequence
 
 from doremi_jax import metrics
-from doremi_jax.methods.doremi import diagnostics
+import doremi_jax.methods.doremi.diagnostics as diagnostics
 from doremi_jax.report import weight_trajectories
 
 

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from doremi_jax import dro
-from doremi_jax.methods.doremi import step
+import doremi_jax.methods.doremi.step as step
 from doremi_jax.models import TransformerConfig
 from doremi_jax.train.mixture import MethodError, MixtureMethod, write_mixture
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from doremi_jax.methods.odm import bandit
+import doremi_jax.methods.odm.bandit as bandit
 from doremi_jax.train import steps
 from doremi_jax.train.state import TrainState
 

@@ -10,7 +10,8 @@ import functools
 import jax
 import numpy as np
 
-from doremi_jax.methods.odm import bandit, step
+import doremi_jax.methods.odm.bandit as bandit
+import doremi_jax.methods.odm.step as step
 from doremi_jax.train.mixture import MethodError, MixtureMethod, write_mixture
 
 
