@@ -197,3 +197,16 @@ def test_the_name_check_can_fail(tmp_path):
         LABEL = "RegMix"
     '''))
     assert "RegMix" in set(_names_in_code(str(planted))) and "DoReMi" not in set(_names_in_code(str(planted)))
+
+
+@pytest.mark.parametrize("method", ["temperature", "doremi_matched"])
+def test_each_methods_gin_file_joins_the_demo_experiment(method, monkeypatch):
+    """gin/methods/<name>.gin, as its own comment runs it after the demo's experiment:
+    the method is planned beside DoReMi's (its own stages, or one more main model a seed)."""
+    monkeypatch.chdir(REPO)
+    from doremi_jax.aot import plan
+
+    plans, kind = plan.plans(["gin/experiments/demo.gin", f"gin/methods/{method}.gin"], [])
+    runs = {p.name: p.runs for p in plans}
+    assert kind == "pipeline" and runs["main"] == 3 * 3  # baseline, DoReMi and this method, three seeds
+    assert ("doremi_matched/proxy" in runs) == (method == "doremi_matched")

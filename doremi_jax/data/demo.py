@@ -34,13 +34,23 @@ def _stdlib_files() -> list[str]:
     return files
 
 
+def _parse(source: str) -> ast.Module:
+    try:
+        return ast.parse(source)
+    except SystemError:
+        # CPython 3.11 raised "AST constructor recursion depth mismatch" once here, in a
+        # test worker that had run many tests before (its depth count is a process-wide
+        # state); try once more. Skipping the file instead would change the demo corpus.
+        return ast.parse(source)
+
+
 def _code_and_prose():
     code, prose = [], []
     for path in _stdlib_files():
         try:
             with open(path, encoding="utf-8") as f:
                 source = f.read()
-            tree = ast.parse(source)
+            tree = _parse(source)
         except (UnicodeDecodeError, SyntaxError, ValueError):
             continue
         if len(source) > 200:
