@@ -49,7 +49,7 @@ def held_out_runs(pairs_by_key: Mapping[str, Sequence[Mapping[str, Any]]], split
 
 def build(pairs: Mapping[str, Sequence[Mapping[str, Any]]], judged: Mapping[str, Mapping[str, Any]],
           weights: Mapping[str, Mapping[str, float]], search_flops: Mapping[str, float],
-          main_flops: float, costs: Mapping[str, str] = {}) -> dict[str, Any]:
+          main_flops: float, costs: Mapping[str, str] | None = None) -> dict[str, Any]:
     """eval.json's "comparison". `pairs`: per method, its per-seed pairs against the
     baseline (`report.compare`, seeds in the same order for every method, each naming
     its method's label); `judged`: per method, `report.judge` of those pairs; `costs`:
@@ -68,7 +68,7 @@ def build(pairs: Mapping[str, Sequence[Mapping[str, Any]]], judged: Mapping[str,
     rows = {"baseline": dict(_row(first, "baseline", domains), **BASELINE)}
     runs, _ = held_out_runs({"baseline": first, **pairs}, split, domains)
     for m in methods:
-        rows[m] = dict(_row(pairs[m], m, domains), label=pairs[m][0].get("label", m), cost=costs.get(m, ""))
+        rows[m] = dict(_row(pairs[m], m, domains), label=pairs[m][0].get("label", m), cost=(costs or {}).get(m, ""))
         rows[m]["change"] = judged[m]["average"]["change"]
         cloze = judged[m].get("downstream", {}).get("cloze")
         if cloze:

@@ -32,6 +32,7 @@ import numpy as np
 
 from doremi_jax import cli, comparison, config, configurables, fileio, methods as methods_lib, report, sharding
 from doremi_jax.methods import Context, Found, Method
+from doremi_jax.methods.base import mean_mixture
 from doremi_jax.stages import MAIN, CommandLine, Stage, StageFactory, check_command_line, weights_of, write_json
 from doremi_jax.train import workdir as workdir_lib
 
@@ -150,7 +151,7 @@ def run_pipeline(
         evaluation["search"] = _search_spread(chosen, found, searches, domains)
     if rest:
         weights = {"baseline": evaluation["baseline_weights"],
-                   primary.name: _mean_mixture(found[primary.name], domains),
+                   primary.name: mean_mixture(found[primary.name], domains),
                    **{m.name: pairs[m.name][0]["weights"] for m in rest}}
         evaluation["comparison"] = comparison.build(
             pairs, {primary.name: evaluation["verdicts"], **{m.name: evaluation[m.name]["verdicts"] for m in rest}},
@@ -193,19 +194,11 @@ def topology(ctx: Context, chosen: Sequence[Method], searches: int = 1,
     return kinds
 
 
-def _mean_mixture(found: Mapping[int | None, Found], domains: Sequence[str]) -> dict[str, float] | None:
-    """A method's mixture, the mean over its searches (None for an online method)."""
-    if any(f.mixture is None for f in found.values()):
-        return None
-    mean = np.mean([[f.mixture[d] for d in domains] for f in found.values()], axis=0)
-    return dict(zip(domains, (mean / mean.sum()).tolist()))
-
-
 def weights_of_all(evaluation: Mapping[str, Any], chosen: Sequence[Method], found, domains) -> dict[str, dict]:
     """Each method's mixture by label: the searches' mean, or what its main model sampled."""
     out = {}
     for method in chosen:
-        mixture = _mean_mixture(found[method.name], domains)
+        mixture = mean_mixture(found[method.name], domains)
         if mixture is None and method.name in evaluation:
             mixture = evaluation[method.name].get("weights")
         if mixture:

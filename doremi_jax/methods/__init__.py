@@ -11,12 +11,12 @@ import importlib
 import pkgutil
 
 from doremi_jax.methods.base import Context, Found, Method
-from doremi_jax.methods.registry import get, label, names, register, register_with_gin, settings_names, stage_kinds
+from doremi_jax.methods.registry import get, names, register, register_with_gin, settings_names, stage_kinds
 from doremi_jax.methods import doremi  # noqa: E402
 
 BUILT_IN = tuple(importlib.import_module(f"{__name__}.{folder.name}")
                  for folder in pkgutil.iter_modules(__path__) if folder.ispkg)
 PRIMARY = doremi.DoReMiSearch.name  # the pipeline's own method: its weights are the workdir's domain_weights.json
 
-__all__ = ["BUILT_IN", "PRIMARY", "Context", "Found", "Method", "get", "label", "names", "register",
+__all__ = ["BUILT_IN", "PRIMARY", "Context", "Found", "Method", "get", "names", "register",
            "register_with_gin", "settings_names", "stage_kinds"]

@@ -37,6 +37,18 @@ class Found:
     record: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
+def mean_mixture(found: Mapping[int | None, Found], domains: Sequence[str]) -> dict[str, float] | None:
+    """A method's mixture over its searches: the one search's, or their mean (what a
+    user trains on, their spread aside); None for an online method (no fixed mixture)."""
+    mixtures = [f.mixture for f in found.values()]
+    if any(m is None for m in mixtures):
+        return None
+    if len(mixtures) == 1:
+        return mixtures[0]
+    mean = np.mean([[m[d] for d in domains] for m in mixtures], axis=0)
+    return dict(zip(domains, (mean / mean.sum()).tolist()))
+
+
 @dataclasses.dataclass(frozen=True)
 class Context:
     """What a method's search may use: the experiment's workdir, the stage factory, the

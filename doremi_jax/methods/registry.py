@@ -44,10 +44,6 @@ def get(name: str) -> Method:
     return config.configurable(_METHODS[name].__name__)()
 
 
-def label(name: str) -> str:
-    return _METHODS[name].label if name in _METHODS else name
-
-
 def stage_kinds() -> tuple[str, ...]:
     """Every registered method's own stage kinds (the command line's stage scopes)."""
     return tuple(dict.fromkeys(kind for cls in _METHODS.values() for kind in cls.stage_kinds))

@@ -173,6 +173,7 @@ class _Run:
     domains: list
     device_mesh: Any
     fixed_sampling: np.ndarray
+    seed_words: Any  # the data stream's seed (sampler.stream_seed)
     transformer: Any
     tx: Any
     state: Any
@@ -339,7 +340,7 @@ def _prepare(workdir, method, model, data, mesh, optimizer, config, downstream, 
             downstream, model, device_mesh, mesh.rules, param_shardings, corpus, vocab,
         )
     return _Run(workdir, method, data, mesh, config, primary, corpus, list(domains), device_mesh, fixed_sampling,
-                transformer, tx, state, state_shardings, start, ckpt, evaluators, downstream_eval, reference)
+                seed_words, transformer, tx, state, state_shardings, start, ckpt, evaluators, downstream_eval, reference)
 
 
 def _evaluate_only(run: _Run) -> dict[str, Any]:
@@ -362,14 +363,13 @@ def _train(run: _Run) -> dict[str, Any]:
     state, start, ckpt, reference = run.state, run.start, run.ckpt, run.reference
     evaluator = run.verdict_evaluator
     eval_prefix = metrics_lib.eval_prefix(corpus.verdict_split)
-    seed_words = sampler_lib.stream_seed(config.seed, config.stream)
     run_step = setup.compile_step(
         run.transformer, run.tx, method, len(domains), config.microbatches, device_mesh, run.state_shardings,
         reference,
     )
 
     sampler = sampler_lib.MixtureSampler(
-        corpus.streams["train"], config.sequence_length, seed_words, data.packing,
+        corpus.streams["train"], config.sequence_length, run.seed_words, data.packing,
         stratified_batch=config.batch_size if data.stratified else 0,
     )
     rows = sharding.local_batch_rows(device_mesh, config.batch_size)

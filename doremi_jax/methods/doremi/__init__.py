@@ -21,7 +21,7 @@ from typing import ClassVar
 import numpy as np
 
 from doremi_jax.data import weights as weights_lib
-from doremi_jax.methods.base import Found, Method
+from doremi_jax.methods.base import Found, Method, mean_mixture
 from doremi_jax.methods.doremi import report as doremi_report
 from doremi_jax.methods.doremi.trainer import DoReMi
 from doremi_jax.methods.registry import register
@@ -112,13 +112,10 @@ class DoReMiSearch(Method):
     def combine(self, ctx, found, domains):
         """With several searches, the workdir's domain_weights.json is their mean (what
         a user trains on, their spread aside) and its rounds.json the first's."""
-        searches = list(found)
-        final = found[searches[0]].mixture
-        if len(searches) > 1:
-            mean = np.mean([[found[s].mixture[d] for d in domains] for s in searches], axis=0)
-            final = dict(zip(domains, (mean / mean.sum()).tolist()))
+        final = mean_mixture(found, domains)
+        if len(found) > 1:
             weights_lib.write_weights(os.path.join(ctx.workdir, "domain_weights.json"), domains, list(final.values()))
-            write_json(os.path.join(ctx.workdir, "rounds.json"), found[searches[0]].record["rounds"])
+            write_json(os.path.join(ctx.workdir, "rounds.json"), next(iter(found.values())).record["rounds"])
         return {"doremi_weights": final}
 
     def report(self, workdir, evaluation, found, domains):
