@@ -221,22 +221,23 @@ def test_the_readme_odm_command_runs_and_resumes(tmp_path):
     one_line_error(switched.stderr, "variant")
     assert json.load(open(os.path.join(workdir, "summary.json")))["step"] == 24
 
-    # The authors' update from the command line: rates still during the warmup, then
-    # (1 − K·ε_t)·R̂/ΣR̂ + ε_t with t the global step.
+    # The authors' update from the command line, on a corpus written here: rates still
+    # during the warmup, then (1 − K·ε_t)·R̂/ΣR̂ + ε_t with t the global step.
+    data = write_three_domain_corpus(str(tmp_path / "corpus"))
     authors = str(tmp_path / "authors")
     args = [a if not a.startswith("--workdir=") else f"--workdir={authors}" for a in args]
-    done = run_entry("train", *args, *shrink, "--gin.OnlineDataMixing.variant='authors'",
+    done = run_entry("train", *args, *shrink, f"--gin.DATA_DIR='{data}'", "--gin.OnlineDataMixing.variant='authors'",
                      "--gin.OnlineDataMixing.warmup_steps=5")
     assert done.returncode == 0, done.stderr[-3000:]
-    domains = ["code", "noise", "prose", "repetitive"]
+    domains = ["easy", "learnable", "noise"]
     rows = [json.loads(line) for line in open(os.path.join(authors, "metrics.jsonl"))]
     rows = [r for r in rows if "loss" in r]
     rates = np.asarray([[r[f"domain_weights/{d}"] for d in domains] for r in rows])
-    np.testing.assert_allclose(rates[:5], 0.25, atol=1e-6)  # MIXTURE_WEIGHTS = 'uniform'
+    np.testing.assert_allclose(rates[:5], 1 / 3, atol=1e-6)  # MIXTURE_WEIGHTS = 'uniform'
     for r, pi in zip(rows[5:], rates[5:]):
         reward = np.asarray([r[f"estimated_reward/{d}"] for d in domains])
-        eps = min(1 / 4, math.sqrt(math.log(4) / (4 * r["step"])))
-        np.testing.assert_allclose(pi, (1 - 4 * eps) * reward / reward.sum() + eps, rtol=1e-4)
+        eps = min(1 / 3, math.sqrt(math.log(3) / (3 * r["step"])))
+        np.testing.assert_allclose(pi, (1 - 3 * eps) * reward / reward.sum() + eps, rtol=1e-4)
 
 
 def test_bad_odm_settings_are_one_line_and_write_nothing(tmp_path, capsys):
