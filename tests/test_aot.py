@@ -293,3 +293,48 @@ def test_the_trainers_memory_estimate_agrees_with_xla(tmp_path, model):
     assert result.returncode == 0, result.stderr
     step = json.loads(out.read_text())["stages"][0]["steps"][0]
     assert 0.75 <= step["estimate_over_compiled"] <= 1.35
+
+
+@pytest.mark.parametrize("name", ["v4:2x2x2", "v5e:2x4", "v5p:2x2x2"])
+def test_pallas_attention_compiles_for_each_tpu_generation(name):
+    """Splash attention as Mosaic kernels in the TPU program, one per shard (shard_map), under
+    FSDP x tensor; its FLOPs, which XLA's analysis cannot see, counted from the kernels'
+    shapes: per layer a forward (2 matmuls per block pair), a dq (3) and a dkv kernel (4)."""
+    devs, chip = topology.devices(name)
+    length, block = 256, 128
+    model = TransformerConfig(**{**MODEL.__dict__, "max_length": length, "attention_implementation": "pallas",
+                                 "pallas_block_size": block})
+    plan = aot_compile.StagePlan(name="main", model=model, mesh=RULES["tensor"], optimizer=OptimizerConfig(),
+                                 config=loop.TrainConfig(batch_size=32, sequence_length=length), method=FixedMixture())
+    step, evaluation = aot_compile.compile_stage(plan, devs, chip, num_domains=4)
+    assert step.fits and evaluation.fits
+    rows, heads = 32 // 4, MODEL.num_heads // 2  # per chip: batch over fsdp (4), heads over tensor (2)
+    pairs = 3  # of 2 x 2 blocks, those on or below the diagonal
+    per_unit = 2 * block * block * MODEL.head_dim * pairs * rows * heads
+    assert step.kernel_flops == MODEL.num_layers * (2 + 3 + 4) * per_unit
+    assert evaluation.kernel_flops == MODEL.num_layers * 2 * (per_unit * 32 // 32)
+    # Everything but attention is XLA's count; attention is the kernels' block-causal work.
+    scores = 3 * 4 * 32 * length**2 * MODEL.num_heads * MODEL.head_dim * MODEL.num_layers  # dense, fwd + bwd
+    dense = (model_flops_per_step(model, 32, length, causal_savings=False)["lm_step"] - scores) / 8
+    assert step.compiler_flops == pytest.approx(dense + step.kernel_flops, rel=0.05)
+
+
+def test_a_kernel_config_over_several_lines_does_not_end_its_computation():
+    """A Mosaic kernel's backend config holds newlines, so an instruction can continue on a
+    line starting with "}}": the collectives after it are still counted."""
+    text = """HloModule m, entry_computation_layout={()->()}
+
+ENTRY %main (a: bf16[8,128]) -> bf16[64,128] {
+  %a = bf16[8,128]{1,0} parameter(0)
+  %splash_mha_fwd_segmented_no_residuals.1 = bf16[2,4,256,64]{3,2,1,0} custom-call(%a), custom_call_target="tpu_custom_call", backend_config={"custom_call_config": {"body": "abc
+def"
+}}, metadata={op_name="attention"}
+  ROOT %ag = bf16[64,128]{1,0} all-gather(%a), replica_groups=[1,8]<=[8], dimensions={0}
+}
+"""
+    found, _ = hlo.collectives(text)
+    assert found["all-gather"].count == 1
+    from doremi_jax.aot import kernels
+
+    cost = kernels.attention_kernels(text, 128)
+    assert cost.calls == 1 and cost.flops == 2 * (2 * 128 * 128 * 64) * 3 * 2 * 4

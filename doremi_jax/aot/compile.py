@@ -26,7 +26,7 @@ import numpy as np
 from jax.experimental.compilation_cache import compilation_cache
 
 from doremi_jax import hardware, sharding
-from doremi_jax.aot import hlo
+from doremi_jax.aot import hlo, kernels
 from doremi_jax.data import sampler
 from doremi_jax.eval import perplexity
 from doremi_jax.models import TransformerConfig, model_flops_per_step
@@ -73,6 +73,9 @@ class StepReport:
     collectives: dict[str, dict[str, float]]  # kind -> count, bytes, traffic per chip per step
     unknown_loops: int
     estimate_bytes: float | None = None  # the trainer's own estimate (train steps)
+    # Of compiler_flops: the Pallas kernels' FLOPs, counted from their shapes
+    # (aot/kernels.py), which XLA's cost analysis cannot see.
+    kernel_flops: float = 0.0
 
     @property
     def fits(self) -> bool:
@@ -112,7 +115,7 @@ def _lowered(plan: StagePlan, model_cfg: TransformerConfig, mesh, step: str, num
         return fn.lower(state, batch, ref_params)
 
 
-def _loop_free_costs(plan: StagePlan, mesh, step: str, num_domains: int) -> tuple[float, float]:
+def _loop_free_costs(plan: StagePlan, mesh, step: str, num_domains: int) -> tuple[float, float, float]:
     """XLA's FLOPs and bytes of `step` compiled without loops. A scanned stack is costed
     from unrolled stacks of one and two layers (layers are identical, so the cost is
     affine in depth): compiling 32 unrolled layers of an 8B model would take many
@@ -136,7 +139,7 @@ def _loop_free_costs(plan: StagePlan, mesh, step: str, num_domains: int) -> tupl
         ref = plan.method.reference_model or plan.model
         ref = dataclasses.replace(ref, num_layers=reference_layers, scan_layers=False)
         compiled = _compile(_lowered(plan, model, mesh, step, num_domains, ref), compiler_options=_NO_WINDOWED_EINSUM)
-        return np.asarray(_costs(compiled))
+        return np.asarray(_costs(compiled, plan.model.pallas_block_size))
 
     depth = plan.model.num_layers
     with_reference = plan.method.needs_reference and step != "eval_step"
@@ -149,14 +152,18 @@ def _loop_free_costs(plan: StagePlan, mesh, step: str, num_domains: int) -> tupl
             total = base + (depth - 1) * (cost(2, 2) - base)
         else:
             total = base + (depth - 1) * (cost(2, 1) - base) + (ref_depth - 1) * (cost(1, 2) - base)
-    return float(total[0]) * repeats + extra_flops, float(total[1]) * repeats
+    return float(total[0]) * repeats + extra_flops, float(total[1]) * repeats, float(total[2]) * repeats
 
 
-def _costs(compiled) -> tuple[float, float]:
+def _costs(compiled, pallas_block_size: int) -> tuple[float, float, float]:
+    """FLOPs, HBM bytes and, of the FLOPs, the Pallas kernels' (which XLA's analysis
+    cannot see; counted from their shapes and added)."""
     analysis = compiled.cost_analysis()
     if isinstance(analysis, (list, tuple)):  # older jax: one dict per program
         analysis = analysis[0]
-    return float(analysis.get("flops", 0.0)), float(analysis.get("bytes accessed", 0.0))
+    extra = kernels.attention_kernels(compiled.as_text(), pallas_block_size)
+    return (float(analysis.get("flops", 0.0)) + extra.flops, float(analysis.get("bytes accessed", 0.0)) + extra.extra_bytes,
+            extra.flops)
 
 
 def _memory(compiled) -> dict[str, int]:
@@ -223,9 +230,9 @@ def compile_stage(plan: StagePlan, devices: list, chip: hardware.Chip, num_domai
             continue
         text = compiled.as_text()
         if " while(" in text:
-            compiler_flops, traffic = _loop_free_costs(plan, mesh, step, num_domains)
+            compiler_flops, traffic, kernel_flops = _loop_free_costs(plan, mesh, step, num_domains)
         else:
-            compiler_flops, traffic = _costs(compiled)
+            compiler_flops, traffic, kernel_flops = _costs(compiled, plan.model.pallas_block_size)
         found, unknown = hlo.collectives(text)
         reports.append(StepReport(
             stage=plan.name,
@@ -239,6 +246,7 @@ def compile_stage(plan: StagePlan, devices: list, chip: hardware.Chip, num_domai
             collectives={k: dataclasses.asdict(v) for k, v in found.items() if v.count},
             unknown_loops=unknown,
             estimate_bytes=estimate,
+            kernel_flops=kernel_flops,
         ))
     return reports
 

@@ -109,7 +109,7 @@ def _parse(text: str):
                 computations[current] = []
                 if m.group(1):
                     entry = current
-        elif line.startswith("}"):
+        elif line.rstrip() == "}":  # not "}}, metadata=...": a Mosaic kernel's config spans lines
             current = None
         else:
             computations[current].append(line)
@@ -125,9 +125,9 @@ def _trip_count(condition: list[str]) -> int | None:
     return None
 
 
-def collectives(text: str) -> tuple[dict[str, Collective], int]:
-    """Per kind, the collectives one execution of the program runs and the bytes of their
-    results; and the number of loops whose trip count could not be read (counted once)."""
+def _runs(text: str) -> tuple[dict[str, list[str]], dict[str, int], int]:
+    """The program's computations, how often one execution runs each, and the number of
+    loops whose trip count could not be read (counted once)."""
     computations, entry = _parse(text)
     if entry is None:
         raise ValueError("no ENTRY computation in the HLO text")
@@ -152,6 +152,13 @@ def collectives(text: str) -> tuple[dict[str, Collective], int]:
                     visit(callee, times * (trips if kind == "body" else 1), depth + 1)
 
     visit(entry, 1)
+    return computations, runs, unknown_loops
+
+
+def collectives(text: str) -> tuple[dict[str, Collective], int]:
+    """Per kind, the collectives one execution of the program runs and the bytes of their
+    results; and the number of loops whose trip count could not be read (counted once)."""
+    computations, runs, unknown_loops = _runs(text)
     found = {kind: Collective() for kind in COLLECTIVES}
     for name, times in runs.items():
         for line in computations[name]:
@@ -178,3 +185,34 @@ def _async_result_bytes(shape: str) -> int:
     data = [a for a in arrays if a[1]]  # scalars are the async context words
     half = len(data) // 2
     return shape_bytes(" ".join(f"{d}[{s}]" for d, s in data[half:])) if half else shape_bytes(shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class CustomCall:
+    name: str  # the instruction's name (a Pallas kernel's carries the kernel's)
+    shape: str  # its result shape
+    times: int  # executions per program execution
+
+
+def custom_calls(text: str, target: str = "tpu_custom_call") -> list[CustomCall]:
+    """The custom calls to `target` (Mosaic, Pallas' TPU kernels) one execution of the
+    program runs, loops counted by their trip counts."""
+    computations, runs, _ = _runs(text)
+    found = []
+    for name, times in runs.items():
+        for line in computations[name]:
+            m = _INSTRUCTION.match(line)
+            if not m or f'custom_call_target="{target}"' not in line:
+                continue
+            shape, _ = _split_shape(m.group(2))
+            found.append(CustomCall(m.group(1), shape, times))
+    return found
+
+
+def arrays(shape: str) -> list[tuple[str, tuple[int, ...]]]:
+    """(dtype, dims) of each array in an HLO shape string."""
+    return [(dtype, tuple(int(d) for d in dims.split(",") if d)) for dtype, dims in _ARRAY.findall(shape)]
+
+
+def dtype_bytes(dtype: str) -> int:
+    return _DTYPE_BYTES[dtype]

@@ -91,6 +91,14 @@ def format_table(result: dict[str, Any]) -> str:
             )
     lines.append("")
     for stage in result["stages"]:
+        for s in stage["steps"]:
+            if s.get("kernel_flops"):
+                lines.append(
+                    f"{stage['stage']}/{s['step']}: {s['kernel_flops'] / 1e12:.3f} of its TFLOP/chip are Pallas "
+                    "attention kernels', counted from their shapes (XLA's cost analysis sees none inside a "
+                    "kernel; aot/kernels.py)"
+                )
+    for stage in result["stages"]:
         lines.append(
             f"{stage['stage']}: {stage['runs']} run(s) x {stage['train_steps']} steps on {stage['topology']} "
             f"({stage['chips']} chips): {stage['days']:.2f} days at the roofline estimate "

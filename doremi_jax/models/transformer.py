@@ -40,7 +40,7 @@ REMAT_POLICIES = {
     "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
-ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "pallas", "pallas_interpret")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,10 +69,17 @@ class TransformerConfig:
     # Embedding lookup as a one-hot matmul: a dense gradient instead of a scatter-add
     # (faster on CPU and TPU for small vocabularies).
     one_hot_embed: bool = False
-    # Kernel of the one-call attention (attention_block_size=0): "xla" (any platform)
-    # or "cudnn" (cuDNN flash attention on NVIDIA GPUs; bfloat16/float16 only; the
-    # document mask travels as a bias). 1.28x on a 1B step on an H200 (BENCHMARKS.md).
+    # Kernel of the one-call attention (attention_block_size=0): "xla" (any platform,
+    # every score matrix written to memory); "cudnn" (cuDNN flash attention on NVIDIA
+    # GPUs; bfloat16/float16 only; the document mask travels as a bias; 1.28x on a 1B
+    # step on an H200, BENCHMARKS.md); "pallas" (splash attention, jax's Pallas TPU
+    # kernel, as MaxText uses it: causal and document masks applied in the kernel, no
+    # score matrix in HBM; TPU only); "pallas_interpret" (the same kernel in Pallas'
+    # interpreter, on any platform: for tests, slow).
     attention_implementation: str = "xla"
+    # Query and key blocks of the Pallas kernel (a multiple of 128 on TPU, dividing the
+    # sequence; capped at the sequence length). MaxText's default is 512.
+    pallas_block_size: int = 512
 
     def make(self, decode: bool = False) -> "nn.Module":
         """The Flax module this config describes. Everything that builds a model (the
@@ -90,10 +97,23 @@ class TransformerConfig:
             raise InputError(
                 f"TransformerConfig.attention_implementation='cudnn' needs dtype bfloat16 or float16, got {self.dtype!r}"
             )
+        if self.pallas_block_size <= 0:
+            raise InputError(f"TransformerConfig.pallas_block_size={self.pallas_block_size}: expected a positive integer")
         if self.remat_policy not in REMAT_POLICIES:
             raise InputError(
                 f"TransformerConfig.remat_policy={self.remat_policy!r}: expected one of "
                 f"{sorted(REMAT_POLICIES)}"
+            )
+
+    def check_platform(self, platform: str) -> None:
+        """Refuse, in one line, a kernel the devices of `platform` cannot run (the
+        trainer calls this before tracing; `aot` compiles for TPUs from a CPU host)."""
+        needs = {"cudnn": "gpu", "pallas": "tpu"}.get(self.attention_implementation)
+        if needs and platform != needs:
+            raise InputError(
+                f"TransformerConfig.attention_implementation={self.attention_implementation!r} needs a "
+                f"{needs.upper()}; this run's devices are {platform}"
+                + (" ('pallas_interpret' runs the same kernel anywhere, slowly)" if needs == "tpu" else "")
             )
 
     @property
@@ -203,14 +223,18 @@ def project(x: jax.Array, kernel: jax.Array, contract: int) -> jax.Array:
     return flat.reshape(*flat.shape[:-1], *outs)
 
 
-def causal_attention(q, k, v, segment_ids, block_size: int = 0, implementation: str = "xla"):
+def causal_attention(q, k, v, segment_ids, block_size: int = 0, implementation: str = "xla",
+                     pallas_block_size: int = 512):
     """Attention within documents, causal. q, k, v: [batch, length, heads, head_dim].
 
     Through `jax.nn.dot_product_attention`, so that platforms with a fused kernel use it
-    (`implementation="cudnn"`: cuDNN flash attention, GPU only).
+    (`implementation="cudnn"`: cuDNN flash attention, GPU only), or Pallas' splash
+    attention (`implementation="pallas"`, TPU; `pallas_attention`).
     Padding (segment 0) attends only to padding, so no softmax row is empty.
     """
     length = q.shape[1]
+    if implementation in ("pallas", "pallas_interpret"):
+        return pallas_attention(q, k, v, segment_ids, pallas_block_size, interpret=implementation == "pallas_interpret")
     if not block_size or block_size >= length:
         if implementation == "cudnn" and jax.default_backend() != "gpu":
             raise InputError(
@@ -235,6 +259,68 @@ def causal_attention(q, k, v, segment_ids, block_size: int = 0, implementation: 
         )
         outs.append(_softmax_attention(q[:, :, start:end], k[:, :, :end], v[:, :, :end], mask[:, None]))
     return jnp.swapaxes(jnp.concatenate(outs, axis=2), 1, 2)
+
+
+_LANES = 128  # the TPU vector unit's lane count: the kernel's tiles are multiples of it
+
+
+def pallas_attention(q, k, v, segment_ids, block_size: int = 512, interpret: bool = False):
+    """Splash attention: jax's Pallas TPU kernel (`jax.experimental.pallas.ops.tpu.
+    splash_attention`, MaxText's TPU attention), causal and within documents (segment
+    ids), scores kept in VMEM block by block instead of written to HBM; blocks wholly
+    above the diagonal are skipped. q, k, v: [batch, length, heads, head_dim].
+
+    A Pallas kernel is opaque to the SPMD partitioner, so under a mesh each device runs
+    it on its own shard of batch and heads (`jax.shard_map` with the activations'
+    logical sharding); the sequence must not be split. `interpret` runs the same kernel
+    in Pallas' interpreter, on any platform (the tests' CPU check against the XLA path).
+    """
+    from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+    length, head_dim = q.shape[1], q.shape[3]
+    if length < _LANES:
+        # Shorter than one of the kernel's tiles: only initialisation's 8-token input (its
+        # shapes) and short tests; the XLA path computes the same attention.
+        return causal_attention(q, k, v, segment_ids)
+    block = min(block_size, length)
+    if length % block or block % _LANES:
+        raise InputError(
+            f"sequence length {length}: TransformerConfig.pallas_block_size={block_size} must divide it "
+            f"(or exceed it) and be a multiple of {_LANES}"
+        )
+    mesh = jax.sharding.get_abstract_mesh()
+    sizes = splash.BlockSizes(
+        block_q=block, block_kv=block, block_kv_compute=block,
+        block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block,
+    )
+
+    def per_device(q, k, v, segment_ids):  # [batch, heads, length, head_dim] of one shard
+        mask = splash.MultiHeadMask([splash.CausalMask((length, length))] * q.shape[1])
+        kernel = splash.make_splash_mha(mask, head_shards=1, q_seq_shards=1, block_sizes=sizes, interpret=interpret)
+        ids = splash.SegmentIds(q=segment_ids, kv=segment_ids)
+        return jax.vmap(kernel)(q, k, v, segment_ids=ids)
+
+    # Heads before length, as the kernel takes them; its scores are not scaled.
+    q = q * jnp.asarray(head_dim**-0.5, q.dtype)
+    q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))
+    segment_ids = segment_ids.astype(jnp.int32)
+    if not mesh.empty:
+        batch, seq, heads, _ = nn.logical_to_mesh_axes((BATCH, LENGTH, ACT_HEADS, None))
+        if seq is not None:
+            raise InputError(f"Pallas attention cannot split the sequence ({LENGTH} -> {seq!r} in MeshConfig.rules)")
+
+        def splittable(axes, size):  # initialisation traces a 1-row input: not split
+            names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+            return axes if size % math.prod(mesh.shape[a] for a in names) == 0 else None
+
+        batch, heads = splittable(batch, q.shape[0]), splittable(heads, q.shape[1])
+        spec = jax.sharding.PartitionSpec(batch, heads, None, None)
+        per_device = jax.shard_map(
+            per_device, in_specs=(spec, spec, spec, jax.sharding.PartitionSpec(batch, None)), out_specs=spec,
+            check_vma=False,
+        )
+    out = per_device(q, k, v, segment_ids)
+    return jnp.swapaxes(out, 1, 2)
 
 
 def _softmax_attention(q, k, v, mask):
@@ -296,7 +382,8 @@ class Attention(nn.Module):
         if self.decode:
             out = self._decode(q, k, v, segment_ids)
         else:
-            out = causal_attention(q, k, v, segment_ids, cfg.attention_block_size, cfg.attention_implementation)
+            out = causal_attention(q, k, v, segment_ids, cfg.attention_block_size, cfg.attention_implementation,
+                                   cfg.pallas_block_size)
         out = nn.with_logical_constraint(out, act_names)
         w_out = self._kernel(
             "out", (cfg.num_heads, cfg.head_dim, cfg.embed_dim), ("heads", "kv", "embed"),

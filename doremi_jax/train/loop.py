@@ -222,6 +222,8 @@ def _prepare(workdir, method, model, data, mesh, optimizer, config, downstream, 
             f"vocabulary has {vocab_size} ids but TransformerConfig.vocab_size={model.vocab_size}"
         )
     device_mesh = sharding.make_mesh(mesh)
+    for cfg in (model, method.reference_model or model):
+        cfg.check_platform(device_mesh.devices.flat[0].platform)
     check_shapes(config, model, sharding.data_parallel_size(device_mesh))
     fixed_sampling = inputs.named_weights(sampling_weights, corpus)
     budget = config.train_steps * config.batch_size * config.sequence_length
