@@ -220,6 +220,7 @@ def test_a_configuration_that_cannot_fit_is_reported_before_anything_runs(tmp_pa
     (["--topology=v5p:2x2x2", "--topology=proxyy=v5p:2x2x1"], "--topology for ['proxyy']"),
     (["--topology=v5p:3x3x3"], "topology 'v5p:3x3x3'"),
     (["--topology=v5p:2x2x1", "--slices=2"], "--slices=2 but the train stage has MeshConfig.dcn_data=1"),
+    (["--topology=v5p:2x2x1", "--search", "--stage=proxy"], "--stage ['proxy']: this train has stages ['train']"),
 ])
 def test_bad_topologies_fail_in_one_line(args, message, capsys):
     code, err = aot_in_process(["--gin_file=gin/runs/lm.gin", "--gin_file=gin/models/tiny.gin", *args], capsys)
@@ -338,3 +339,33 @@ def"
 
     cost = kernels.attention_kernels(text, 128)
     assert cost.calls == 1 and cost.flops == 2 * (2 * 128 * 128 * 64) * 3 * 2 * 4
+
+
+def test_search_prints_the_best_fitting_configuration_as_bindings(tmp_path):
+    """`--search`: every sharding file x remat policy, the fewest microbatches that fit
+    first; the best by the roofline bound, printed as bindings that `aot` then reproduces."""
+    out = tmp_path / "search.json"
+    common = ["--gin_file=gin/runs/lm.gin", "--gin_file=gin/models/tiny.gin", "--gin.BATCH_SIZE=32",
+              "--gin.SEQUENCE_LENGTH=128", "--topology=v5p:2x2x1", "--num_domains=4"]
+    result = run_aot(*common, "--search", f"--json={out}")
+    assert result.returncode == 0, result.stderr
+    (stage,) = json.loads(out.read_text())
+    rows = stage["rows"]
+    pairs = {(r["sharding"], r["remat_policy"]) for r in rows}
+    assert pairs == {(f"gin/sharding/{s}.gin", p) for s in ("data_parallel", "fsdp", "fsdp_tensor")
+                     for p in ("none", "full", "dots")}
+    for pair in pairs:  # microbatches rising, stopping at the first that fits
+        tried = [r for r in rows if (r["sharding"], r["remat_policy"]) == pair]
+        assert [r["microbatches"] for r in tried] == [2**i for i in range(len(tried))]
+        assert not any(r["fits"] for r in tried[:-1])
+    best = stage["best"]
+    assert best["mfu"] == max(r["mfu"] for r in rows if r["fits"])
+    line = next(x for x in result.stdout.splitlines() if x.startswith("[train] best: "))
+    assert best["sharding"] in line and f"TrainConfig.microbatches = {best['microbatches']}" in line
+    # The printed configuration, compiled as a user would paste it, gives the same bound.
+    again = tmp_path / "again.json"
+    result = run_aot(*common, f"--gin_file={best['sharding']}", f"--gin.TrainConfig.microbatches={best['microbatches']}",
+                     f"--gin.TransformerConfig.remat_policy='{best['remat_policy']}'", f"--json={again}")
+    assert result.returncode == 0, result.stderr
+    step = json.loads(again.read_text())["stages"][0]["steps"][0]
+    assert step["roofline"]["step_s"] == pytest.approx(best["step_s"], rel=1e-6)

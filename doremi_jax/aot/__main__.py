@@ -10,6 +10,10 @@ MFU, and the days the experiment would take. MaxText's `train_compile.py` idea.
   --topology=main=v5p:8x8x8       one stage kind (reference, proxy, main, main_odm, regmix) on another
   --slices=2                      multislice: that many slices joined over DCN
   --num_domains=22                k (The Pile's by default; only sizes a few vectors)
+  --search                        per stage, compile a bounded grid (every gin/sharding file x
+                                  remat policy, the fewest microbatches that fit) and print the
+                                  configuration with the best roofline bound as gin bindings
+  --stage=NAME                    only this stage (repeatable)
 
 Exit status 0 when every step fits, 1 when one does not (the table still prints).
 Needs libtpu (`pip install -e '.[tpu]'`); runs with JAX_PLATFORMS=cpu, set here.
@@ -31,12 +35,12 @@ from doremi_jax import cli, config  # noqa: E402
 
 def parse_args(rest):
     """--topology (repeatable, optionally `kind=`), --slices, --num_domains, --json."""
-    topologies, options = {}, {"slices": 1, "num_domains": 22, "json": None}
+    topologies, options = {}, {"slices": 1, "num_domains": 22, "json": None, "search": False, "stages": []}
     args = list(rest)
     while args:
         a = args.pop(0)
         name, eq, value = a.partition("=")
-        if not eq and name in ("--topology", "--slices", "--num_domains", "--json") and args:
+        if not eq and name in ("--topology", "--slices", "--num_domains", "--json", "--stage") and args:
             value = args.pop(0)
         if name == "--topology":
             kind, sep, topo = value.partition("=")
@@ -48,10 +52,14 @@ def parse_args(rest):
                 raise config.ConfigError(f"{name}={value!r}: expected an integer") from None
         elif name == "--json":
             options["json"] = value
+        elif name == "--search" and not eq:
+            options["search"] = True
+        elif name == "--stage":
+            options["stages"].append(value)
         else:
             raise config.ConfigError(
                 f"unknown argument {a!r} (expected --gin_file, --gin.NAME=VALUE, --topology, --slices, "
-                "--num_domains, --json)"
+                "--num_domains, --json, --search, --stage)"
             )
     if not topologies:
         raise config.ConfigError("--topology=NAME is required (for example v5p:2x2x2, v4:4x4x4, v5e:16x16)")
@@ -59,7 +67,7 @@ def parse_args(rest):
 
 
 def run(files, bindings, rest):
-    from doremi_jax.aot import compile as aot_compile, plan as aot_plan, report, topology
+    from doremi_jax.aot import compile as aot_compile, plan as aot_plan, report, search, topology
 
     topologies, options = parse_args(rest)
     plans, kind = aot_plan.plans(files, bindings)
@@ -75,7 +83,12 @@ def run(files, bindings, rest):
                 f"{plan.mesh.dcn_data}: the mesh's DCN axis spans the slices "
                 f"(--gin.MeshConfig.dcn_data={options['slices']})"
             )
-    chips, names, reports = {}, {}, []
+    unknown = sorted(set(options["stages"]) - {p.name for p in plans})
+    if unknown:
+        raise config.ConfigError(f"--stage {unknown}: this {kind} has stages {[p.name for p in plans]}")
+    if options["stages"]:
+        plans = [p for p in plans if p.name in options["stages"]]
+    chips, names, reports, searches = {}, {}, [], []
     for plan in plans:
         name = topologies.get(plan.name, topologies.get("*"))
         if name is None:
@@ -95,7 +108,13 @@ def run(files, bindings, rest):
         print(f"[{plan.name}] compiling for {names[plan.name]} ({len(devices)} chips): "
               f"{plan.model.num_layers} layers, d={plan.model.embed_dim}, batch {plan.config.batch_size} x "
               f"{plan.config.sequence_length}", flush=True)
+        if options["search"]:
+            searches.append(search.search_stage(plan, devices, chip, options["num_domains"],
+                                                log=lambda line: print(line, flush=True)))
+            continue
         reports += aot_compile.compile_stage(plan, devices, chip, options["num_domains"])
+    if options["search"]:
+        return _print_search(searches, options["json"])
     result = report.to_json(plans, reports, chips, names)
     print(report.format_table(result), flush=True)
     if options["json"]:
@@ -106,6 +125,20 @@ def run(files, bindings, rest):
                  f"{s['hbm_bytes'] / 2**30:.0f} GiB"
                  for st in result["stages"] for s in st["steps"] if not s["fits"]]
         config.fail("DOES NOT FIT: " + "; ".join(worst))
+
+
+def _print_search(searches, json_path):
+    from doremi_jax.aot import search
+
+    print("", flush=True)
+    for result in searches:
+        print(search.format_result(result), flush=True)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(searches, f, indent=2)
+    missing = [r["stage"] for r in searches if r["best"] is None]
+    if missing:
+        config.fail(f"DOES NOT FIT: nothing in the search grid fits stage(s) {missing}")
 
 
 if __name__ == "__main__":

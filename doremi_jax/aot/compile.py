@@ -201,8 +201,10 @@ def _compile(lowered, **options):
         compilation_cache.reset_cache()
 
 
-def compile_stage(plan: StagePlan, devices: list, chip: hardware.Chip, num_domains: int) -> list[StepReport]:
-    """Compile `plan`'s train and eval steps for `devices`; one report per step."""
+def compile_stage(plan: StagePlan, devices: list, chip: hardware.Chip, num_domains: int,
+                  train_only: bool = False) -> list[StepReport]:
+    """Compile `plan`'s train and eval steps (or only the train step) for `devices`; one
+    report per step."""
     mesh = sharding.make_mesh(plan.mesh, devices)
     dp = sharding.data_parallel_size(mesh)
     cfg = plan.config
@@ -213,7 +215,7 @@ def compile_stage(plan: StagePlan, devices: list, chip: hardware.Chip, num_domai
     flops = model_flops_per_step(plan.model, cfg.batch_size, cfg.sequence_length)
     flops["eval_step"] *= (cfg.eval_batch_size or cfg.batch_size) / cfg.batch_size
     reports = []
-    for step in stage_steps(plan):
+    for step in stage_steps(plan)[:1 if train_only else None]:
         estimate = None
         if step != "eval_step":
             estimate = sum(memory.memory_estimate(
