@@ -342,11 +342,13 @@ def"
 
 
 def test_search_prints_the_best_fitting_configuration_as_bindings(tmp_path):
-    """`--search`: every sharding file x remat policy, the fewest microbatches that fit
+    """The README's `--search` on the paper's experiment (its reference stage), shrunk to the
+    tiny model: every sharding file x remat policy, the fewest microbatches that fit
     first; the best by the roofline bound, printed as bindings that `aot` then reproduces."""
     out = tmp_path / "search.json"
-    common = ["--gin_file=gin/runs/lm.gin", "--gin_file=gin/models/tiny.gin", "--gin.BATCH_SIZE=32",
-              "--gin.SEQUENCE_LENGTH=128", "--topology=v5p:2x2x1", "--num_domains=4"]
+    common = ["--gin_file=gin/experiments/pile_280m_to_8b.gin", "--gin_file=gin/models/tiny.gin",
+              "--gin.SEQUENCE_LENGTH=128", "--gin.BATCH_SIZE=32", "--topology=v4:2x2x2", "--topology=main=v4:4x4x4",
+              "--stage=reference"]
     result = run_aot(*common, "--search", f"--json={out}")
     assert result.returncode == 0, result.stderr
     (stage,) = json.loads(out.read_text())
@@ -360,7 +362,7 @@ def test_search_prints_the_best_fitting_configuration_as_bindings(tmp_path):
         assert not any(r["fits"] for r in tried[:-1])
     best = stage["best"]
     assert best["mfu"] == max(r["mfu"] for r in rows if r["fits"])
-    line = next(x for x in result.stdout.splitlines() if x.startswith("[train] best: "))
+    line = next(x for x in result.stdout.splitlines() if x.startswith("[reference] best: "))
     assert best["sharding"] in line and f"TrainConfig.microbatches = {best['microbatches']}" in line
     # The printed configuration, compiled as a user would paste it, gives the same bound.
     again = tmp_path / "again.json"

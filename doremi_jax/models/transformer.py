@@ -309,7 +309,7 @@ def pallas_attention(q, k, v, segment_ids, block_size: int = 512, interpret: boo
         if seq is not None:
             raise InputError(f"Pallas attention cannot split the sequence ({LENGTH} -> {seq!r} in MeshConfig.rules)")
 
-        def splittable(axes, size):  # initialisation traces a 1-row input: not split
+        def splittable(axes, size):  # a dimension the mesh cannot split (a 1-row batch) stays whole
             names = (axes,) if isinstance(axes, str) else tuple(axes or ())
             return axes if size % math.prod(mesh.shape[a] for a in names) == 0 else None
 
