@@ -266,12 +266,14 @@ def test_readme_command_on_the_paper_experiment_shrunk(tmp_path):
     out = tmp_path / "aot.json"
     result = run_aot(
         "--gin_file=gin/experiments/pile_280m_to_8b.gin", "--gin_file=gin/models/tiny.gin",
-        "--gin.SEQUENCE_LENGTH=128", "--gin.BATCH_SIZE=64",
-        "--topology=v5p:2x2x2", "--topology=main=v5p:4x4x4", f"--json={out}",
+        "--gin.SEQUENCE_LENGTH=128", "--gin.BATCH_SIZE=256",
+        "--topology=v4:2x2x2", "--topology=main=v4:4x4x4", f"--json={out}",
     )
     assert result.returncode == 0, result.stderr
     stages = {s["stage"]: s for s in json.loads(out.read_text())["stages"]}
     assert stages["main"]["chips"] == 64 and stages["proxy"]["chips"] == 8
+    # The experiment's per-stage choices (aot --search's) reach each stage.
+    assert {name: s["microbatches"] for name, s in stages.items()} == {"reference": 4, "proxy": 4, "main": 4}
     assert stages["reference"]["train_steps"] == 200_000 and stages["main"]["runs"] == 2
     assert stages["proxy"]["run"] == "doremi" and stages["main"]["run"] == "lm"
 

@@ -47,6 +47,8 @@ def to_json(plans: Sequence[StagePlan], reports: Sequence[StepReport], chips: di
             "mesh": {"data": plan.mesh.data, "fsdp": plan.mesh.fsdp, "tensor": plan.mesh.tensor,
                      "dcn_data": plan.mesh.dcn_data},
             "remat_policy": plan.model.remat_policy,
+            "microbatches": plan.config.microbatches,
+            "attention": plan.model.attention_implementation,
             "steps": steps,
             "days": days,  # at the roofline estimate
             "compute_days": compute_days,  # at the bf16 peak: a strict lower bound
