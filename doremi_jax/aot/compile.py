@@ -139,7 +139,7 @@ def _loop_free_costs(plan: StagePlan, mesh, step: str, num_domains: int) -> tupl
         ref = plan.method.reference_model or plan.model
         ref = dataclasses.replace(ref, num_layers=reference_layers, scan_layers=False)
         compiled = _compile(_lowered(plan, model, mesh, step, num_domains, ref), compiler_options=_NO_WINDOWED_EINSUM)
-        return np.asarray(_costs(compiled, plan.model.pallas_block_size))
+        return np.asarray(_costs(compiled, compiled.as_text(), plan.model.pallas_block_size))
 
     depth = plan.model.num_layers
     with_reference = plan.method.needs_reference and step != "eval_step"
@@ -155,13 +155,13 @@ def _loop_free_costs(plan: StagePlan, mesh, step: str, num_domains: int) -> tupl
     return float(total[0]) * repeats + extra_flops, float(total[1]) * repeats, float(total[2]) * repeats
 
 
-def _costs(compiled, pallas_block_size: int) -> tuple[float, float, float]:
+def _costs(compiled, text: str, pallas_block_size: int) -> tuple[float, float, float]:
     """FLOPs, HBM bytes and, of the FLOPs, the Pallas kernels' (which XLA's analysis
-    cannot see; counted from their shapes and added)."""
+    cannot see; counted from their shapes in the program's HLO `text` and added)."""
     analysis = compiled.cost_analysis()
     if isinstance(analysis, (list, tuple)):  # older jax: one dict per program
         analysis = analysis[0]
-    extra = kernels.attention_kernels(compiled.as_text(), pallas_block_size)
+    extra = kernels.attention_kernels(text, pallas_block_size)
     return (float(analysis.get("flops", 0.0)) + extra.flops, float(analysis.get("bytes accessed", 0.0)) + extra.extra_bytes,
             extra.flops)
 
@@ -234,7 +234,7 @@ def compile_stage(plan: StagePlan, devices: list, chip: hardware.Chip, num_domai
         if " while(" in text:
             compiler_flops, traffic, kernel_flops = _loop_free_costs(plan, mesh, step, num_domains)
         else:
-            compiler_flops, traffic, kernel_flops = _costs(compiled, plan.model.pallas_block_size)
+            compiler_flops, traffic, kernel_flops = _costs(compiled, text, plan.model.pallas_block_size)
         found, unknown = hlo.collectives(text)
         reports.append(StepReport(
             stage=plan.name,
