@@ -42,9 +42,11 @@ def close(a, b, dtype):
 def test_kernel_matches_the_xla_path_forward_and_gradients(dtype):
     q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (2, LENGTH, 2, 64), dtype) for i in range(3))
     seg = segments()
+    heads_first = lambda f: lambda *qkv: jnp.swapaxes(f(*(jnp.swapaxes(t, 1, 2) for t in qkv)), 1, 2)  # noqa: E731
     paths = {
         "xla": lambda q, k, v: causal_attention(q, k, v, seg),
-        "pallas": lambda q, k, v: pallas_attention(q, k, v, seg, BLOCK, interpret=True),
+        # The kernel's layout: [batch, heads, length, head_dim].
+        "pallas": heads_first(lambda q, k, v: pallas_attention(q, k, v, seg, BLOCK, interpret=True)),
     }
     outs = {name: f(q, k, v) for name, f in paths.items()}
     assert outs["pallas"].dtype == q.dtype and outs["pallas"].shape == q.shape
@@ -59,14 +61,14 @@ def test_kernel_matches_the_xla_path_forward_and_gradients(dtype):
 
 def test_padding_and_documents_are_masked_inside_the_kernel():
     """A token's output depends on its own document's earlier tokens only."""
-    q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (2, LENGTH, 2, 64)) for i in range(3))
+    q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (2, 2, LENGTH, 64)) for i in range(3))
     seg = segments()
     base = pallas_attention(q, k, v, seg, BLOCK, interpret=True)
     # Change the first document and everything after position 150 in the second one.
-    k2 = k.at[0, :100].set(0.0).at[0, 150:].multiply(-1.0)
+    k2 = k.at[0, :, :100].set(0.0).at[0, :, 150:].multiply(-1.0)
     moved = pallas_attention(q, k2, v, seg, BLOCK, interpret=True)
-    np.testing.assert_allclose(moved[0, 100:150], base[0, 100:150], rtol=1e-5, atol=1e-6)
-    assert not np.allclose(moved[0, 150:230], base[0, 150:230])
+    np.testing.assert_allclose(moved[0, :, 100:150], base[0, :, 100:150], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(moved[0, :, 150:230], base[0, :, 150:230])
 
 
 MODEL = TransformerConfig(vocab_size=384, embed_dim=64, num_layers=2, num_heads=4, head_dim=16, mlp_dim=128,
@@ -113,7 +115,7 @@ def test_under_a_mesh_each_device_runs_the_kernel_on_its_shard():
 
 
 def test_bad_pallas_settings_are_one_line_errors():
-    q = jnp.zeros((1, 384, 2, 64))
+    q = jnp.zeros((1, 2, 384, 64))
     seg = jnp.ones((1, 384), jnp.int32)
     with pytest.raises(ValueError, match="pallas_block_size=256 must divide it"):
         pallas_attention(q, q, q, seg, 256, interpret=True)

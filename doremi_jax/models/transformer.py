@@ -11,7 +11,6 @@ Inputs are packed: several documents per row, told apart by `segment_ids`
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any
 
@@ -41,6 +40,7 @@ REMAT_POLICIES = {
 }
 
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "pallas", "pallas_interpret")
+PALLAS = ("pallas", "pallas_interpret")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,11 +194,17 @@ def rotary_tables(positions: jax.Array, head_dim: int, theta: float, num_positio
 
 
 def rotary(x: jax.Array, tables: tuple[jax.Array, jax.Array]) -> jax.Array:
-    """Rotary position embedding. x: [batch, length, heads, head_dim]; tables: `rotary_tables`."""
-    sin, cos = tables
-    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
-    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    return out.astype(x.dtype)
+    """Rotary position embedding of x[..., head_dim] (heads and length in either order,
+    the tables broadcast as x's: `rotary_tables`, or its axes swapped likewise).
+
+    In x's dtype, as Hugging Face's Llama computes it (sin and cos cast to the
+    activations' dtype): in float32, XLA:TPU writes q and k in float32 out of their
+    matmuls and reads them back, 38% more bytes than this for a projection and its
+    rotation, forward and backward (the halves swapped by a reverse instead: 22% more;
+    BENCHMARKS.md, thirteenth session)."""
+    sin, cos = (t.astype(x.dtype) for t in tables)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
 def on_rows(fn, x: jax.Array, features: int = 1) -> jax.Array:
@@ -223,18 +229,15 @@ def project(x: jax.Array, kernel: jax.Array, contract: int) -> jax.Array:
     return flat.reshape(*flat.shape[:-1], *outs)
 
 
-def causal_attention(q, k, v, segment_ids, block_size: int = 0, implementation: str = "xla",
-                     pallas_block_size: int = 512):
+def causal_attention(q, k, v, segment_ids, block_size: int = 0, implementation: str = "xla"):
     """Attention within documents, causal. q, k, v: [batch, length, heads, head_dim].
 
     Through `jax.nn.dot_product_attention`, so that platforms with a fused kernel use it
-    (`implementation="cudnn"`: cuDNN flash attention, GPU only), or Pallas' splash
-    attention (`implementation="pallas"`, TPU; `pallas_attention`).
+    (`implementation="cudnn"`: cuDNN flash attention, GPU only). Pallas' splash attention
+    (TPU) takes heads before length: `pallas_attention`, which the model calls itself.
     Padding (segment 0) attends only to padding, so no softmax row is empty.
     """
     length = q.shape[1]
-    if implementation in ("pallas", "pallas_interpret"):
-        return pallas_attention(q, k, v, segment_ids, pallas_block_size, interpret=implementation == "pallas_interpret")
     if not block_size or block_size >= length:
         if implementation == "cudnn" and jax.default_backend() != "gpu":
             raise InputError(
@@ -261,6 +264,7 @@ def causal_attention(q, k, v, segment_ids, block_size: int = 0, implementation: 
     return jnp.swapaxes(jnp.concatenate(outs, axis=2), 1, 2)
 
 
+HEADS_FIRST = (BATCH, ACT_HEADS, LENGTH, None)  # the Pallas kernel's layout of q, k, v
 _LANES = 128  # the TPU vector unit's lane count: the kernel's tiles are multiples of it
 
 
@@ -268,7 +272,8 @@ def pallas_attention(q, k, v, segment_ids, block_size: int = 512, interpret: boo
     """Splash attention: jax's Pallas TPU kernel (`jax.experimental.pallas.ops.tpu.
     splash_attention`, MaxText's TPU attention), causal and within documents (segment
     ids), scores kept in VMEM block by block instead of written to HBM; blocks wholly
-    above the diagonal are skipped. q, k, v: [batch, length, heads, head_dim].
+    above the diagonal are skipped. q, k, v and the result: [batch, heads, length,
+    head_dim], the kernel's layout (the model projects into it: no transposes).
 
     A Pallas kernel is opaque to the SPMD partitioner, so under a mesh each device runs
     it on its own shard of batch and heads (`jax.shard_map` with the activations'
@@ -277,11 +282,12 @@ def pallas_attention(q, k, v, segment_ids, block_size: int = 512, interpret: boo
     """
     from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
-    length, head_dim = q.shape[1], q.shape[3]
+    length, head_dim = q.shape[2], q.shape[3]
     if length < _LANES:
         # Shorter than one of the kernel's tiles: only initialisation's 8-token input (its
         # shapes) and short tests; the XLA path computes the same attention.
-        return causal_attention(q, k, v, segment_ids)
+        q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))
+        return jnp.swapaxes(causal_attention(q, k, v, segment_ids), 1, 2)
     block = min(block_size, length)
     if length % block or block % _LANES:
         raise InputError(
@@ -300,12 +306,10 @@ def pallas_attention(q, k, v, segment_ids, block_size: int = 512, interpret: boo
         ids = splash.SegmentIds(q=segment_ids, kv=segment_ids)
         return jax.vmap(kernel)(q, k, v, segment_ids=ids)
 
-    # Heads before length, as the kernel takes them; its scores are not scaled.
-    q = q * jnp.asarray(head_dim**-0.5, q.dtype)
-    q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))
+    q = q * jnp.asarray(head_dim**-0.5, q.dtype)  # the kernel's scores are not scaled
     segment_ids = segment_ids.astype(jnp.int32)
     if not mesh.empty:
-        batch, seq, heads, _ = nn.logical_to_mesh_axes((BATCH, LENGTH, ACT_HEADS, None))
+        batch, heads, seq, _ = nn.logical_to_mesh_axes(HEADS_FIRST)
         if seq is not None:
             raise InputError(f"Pallas attention cannot split the sequence ({LENGTH} -> {seq!r} in MeshConfig.rules)")
 
@@ -319,8 +323,7 @@ def pallas_attention(q, k, v, segment_ids, block_size: int = 512, interpret: boo
             per_device, in_specs=(spec, spec, spec, jax.sharding.PartitionSpec(batch, None)), out_specs=spec,
             check_vma=False,
         )
-    out = per_device(q, k, v, segment_ids)
-    return jnp.swapaxes(out, 1, 2)
+    return per_device(q, k, v, segment_ids)
 
 
 def _softmax_attention(q, k, v, mask):
@@ -369,27 +372,43 @@ class Attention(nn.Module):
         # Explicit 3-D kernels (not DenseGeneral, which initialises a flat 2-D matrix and
         # so cannot carry three logical axis names under an active mesh).
         shape, names = (cfg.embed_dim, cfg.num_heads, cfg.head_dim), ("embed", "heads", "kv")
-        q, k, v = (
-            project(x, self._kernel(n, shape, names, cfg.embed_dim), 1) for n in ("query", "key", "value")
-        )
+        kernels = [self._kernel(n, shape, names, cfg.embed_dim) for n in ("query", "key", "value")]
         # Positions index the row, or in decoding the cache (as long as `init`'s input).
         cache = self.get_variable("cache", "key") if self.decode and self.has_variable("cache", "key") else None
         num_positions = cache.shape[1] if cache is not None else x.shape[1]
         tables = rotary_tables(positions, cfg.head_dim, cfg.rope_theta, num_positions)
+        if cfg.attention_implementation in PALLAS and not self.decode:
+            return self._heads_first(x, kernels, tables, segment_ids)
+        q, k, v = (project(x, kernel, 1) for kernel in kernels)
         q, k = rotary(q, tables), rotary(k, tables)
         act_names = (BATCH, LENGTH, ACT_HEADS, None)
         q, k, v = (nn.with_logical_constraint(t, act_names) for t in (q, k, v))
         if self.decode:
             out = self._decode(q, k, v, segment_ids)
         else:
-            out = causal_attention(q, k, v, segment_ids, cfg.attention_block_size, cfg.attention_implementation,
-                                   cfg.pallas_block_size)
+            out = causal_attention(q, k, v, segment_ids, cfg.attention_block_size, cfg.attention_implementation)
         out = nn.with_logical_constraint(out, act_names)
-        w_out = self._kernel(
-            "out", (cfg.num_heads, cfg.head_dim, cfg.embed_dim), ("heads", "kv", "embed"),
-            cfg.num_heads * cfg.head_dim,
-        )
-        return project(out, w_out, 2)
+        return project(out, self._out_kernel(), 2)
+
+    def _out_kernel(self):
+        cfg = self.cfg
+        return self._kernel("out", (cfg.num_heads, cfg.head_dim, cfg.embed_dim), ("heads", "kv", "embed"),
+                            cfg.num_heads * cfg.head_dim)
+
+    def _heads_first(self, x, kernels, tables, segment_ids):
+        """Attention through the Pallas kernel, in its layout: q, k and v come out of their
+        matmuls as [batch, heads, length, head_dim], and the output projection reads the
+        kernel's result as it is. Through the [batch, length, heads, head_dim] path,
+        XLA:TPU transposes q, k, v and the result, forward and backward; from one stacked
+        matmul it copies each of them out (BENCHMARKS.md, thirteenth session)."""
+        cfg = self.cfg
+        q, k, v = (nn.with_logical_constraint(jnp.einsum("bld,dhk->bhlk", x, w), HEADS_FIRST) for w in kernels)
+        tables = tuple(jnp.swapaxes(t, 1, 2) for t in tables)  # [batch, 1, length, head_dim // 2]
+        q, k = rotary(q, tables), rotary(k, tables)
+        out = pallas_attention(q, k, v, segment_ids, cfg.pallas_block_size,
+                               interpret=cfg.attention_implementation == "pallas_interpret")
+        out = nn.with_logical_constraint(out, HEADS_FIRST)
+        return jnp.einsum("bhlk,hkd->bld", out, self._out_kernel())
 
     def _decode(self, q, k, v, segment_ids):
         """Decoding with a cache in the `cache` collection. Its length is the length of the
@@ -410,21 +429,35 @@ class Attention(nn.Module):
         return out
 
 
+class Kernel(nn.Module):
+    """A matmul's weight as `nn.Dense` holds it (`<name>/kernel`), for a caller that joins
+    several weights into one matmul; returned in the compute dtype."""
+
+    cfg: TransformerConfig
+    shape: tuple[int, ...]
+    names: tuple[str, ...]
+
+    @nn.compact
+    def __call__(self):
+        init = nn.with_logical_partitioning(_dense_init(self.shape[0]), self.names)
+        return self.param("kernel", init, self.shape, self.cfg.weight_dtype).astype(self.cfg.compute_dtype)
+
+
 class GatedMLP(nn.Module):
     cfg: TransformerConfig
 
     @nn.compact
     def __call__(self, x):
         cfg = self.cfg
-        dense = functools.partial(
-            nn.Dense, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, use_bias=False
-        )
-        in_init = nn.with_logical_partitioning(_dense_init(cfg.embed_dim), ("embed", "mlp"))
-        gate = on_rows(dense(cfg.mlp_dim, kernel_init=in_init, name="gate"), x)
-        up = on_rows(dense(cfg.mlp_dim, kernel_init=in_init, name="up"), x)
-        h = nn.with_logical_constraint(nn.silu(gate) * up, (BATCH, LENGTH, ACT_MLP))
-        out_init = nn.with_logical_partitioning(_dense_init(cfg.mlp_dim), ("mlp", "embed"))
-        return on_rows(dense(cfg.embed_dim, kernel_init=out_init, name="down"), h)
+        gate, up = (Kernel(cfg, (cfg.embed_dim, cfg.mlp_dim), ("embed", "mlp"), name=n)() for n in ("gate", "up"))
+        # Gate and up as one matmul: x read once, forward and for the weights' gradient,
+        # and x's gradient one matmul with no sum of two. Stacked on an axis of their own,
+        # not concatenated along `mlp` (which the mesh may split), and leading: between
+        # rows and mlp, or through `on_rows`, XLA:TPU moved 13-21% more bytes a step.
+        both = jnp.einsum("bld,tdm->tblm", x, jnp.stack([gate, up]))  # [2, batch, length, mlp]
+        h = nn.with_logical_constraint(nn.silu(both[0]) * both[1], (BATCH, LENGTH, ACT_MLP))
+        down = Kernel(cfg, (cfg.mlp_dim, cfg.embed_dim), ("mlp", "embed"), name="down")()
+        return on_rows(lambda rows: rows @ down, h)
 
 
 class Block(nn.Module):
