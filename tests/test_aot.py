@@ -7,6 +7,7 @@ a TPU and no parameter is materialised.
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -320,6 +321,31 @@ def test_pallas_attention_compiles_for_each_tpu_generation(name):
     scores = 3 * 4 * 32 * length**2 * MODEL.num_heads * MODEL.head_dim * MODEL.num_layers  # dense, fwd + bwd
     dense = (model_flops_per_step(model, 32, length, causal_savings=False)["lm_step"] - scores) / 8
     assert step.compiler_flops == pytest.approx(dense + step.kernel_flops, rel=0.05)
+
+
+def test_the_tpu_attention_path_has_no_transposes_or_float32_copies_of_q_k_v():
+    """Under the Pallas kernel q, k and v are made heads-first by their matmuls (the
+    kernel's layout) and rotated in bfloat16: the TPU program holds no array of them
+    length-first (a transpose each way, forward and backward) and none in float32 (the
+    rotary in float32 wrote them out of their matmuls at twice the bytes)."""
+    devs, _ = topology.devices("v4:2x2x2")
+    length = 256
+    model = TransformerConfig(**{**MODEL.__dict__, "max_length": length, "attention_implementation": "pallas",
+                                 "pallas_block_size": 128})
+    plan = aot_compile.StagePlan(name="main", model=model, mesh=RULES["tensor"], optimizer=OptimizerConfig(),
+                                 config=loop.TrainConfig(batch_size=32, sequence_length=length), method=FixedMixture())
+    mesh = sharding.make_mesh(plan.mesh, devs)
+    text = aot_compile._compile(aot_compile._lowered(plan, model, mesh, "lm_step", 4)).as_text()
+    # The arrays in HBM: results of instructions outside fusions (a fusion's insides stay on chip).
+    computations, _ = hlo._parse(text)
+    fused = {callee for lines in computations.values() for line in lines if " fusion(" in line
+             for callee in re.findall(r"calls=%([\w.\-]+)", line)}
+    arrays = [hlo._split_shape(m.group(2))[0] for name, lines in computations.items() if name not in fused
+              for m in map(hlo._INSTRUCTION.match, lines) if m]
+    rows, heads, head_dim = 32 // 4, MODEL.num_heads // 2, MODEL.head_dim  # per chip
+    assert any(f"bf16[{rows},{heads},{length},{head_dim}]" in a for a in arrays)  # the kernel's operands
+    assert not [a for a in arrays if f"[{rows},{length},{heads},{head_dim}]" in a]
+    assert not [a for a in arrays if f"f32[{rows},{heads},{length},{head_dim}]" in a]
 
 
 def test_a_kernel_config_over_several_lines_does_not_end_its_computation():
