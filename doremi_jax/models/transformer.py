@@ -156,6 +156,13 @@ def _dense_init(fan_in: int):
     return nn.initializers.normal(stddev=fan_in**-0.5)
 
 
+def _weight(module: nn.Module, name: str, shape, names, fan_in: int) -> jax.Array:
+    """A matmul weight of `module` with logical axis names, initialised for `fan_in`
+    inputs, stored in the weight dtype and returned in the compute dtype."""
+    init = nn.with_logical_partitioning(_dense_init(fan_in), names)
+    return module.param(name, init, shape, module.cfg.weight_dtype).astype(module.cfg.compute_dtype)
+
+
 class RMSNorm(nn.Module):
     cfg: TransformerConfig
 
@@ -361,18 +368,13 @@ class Attention(nn.Module):
     cfg: TransformerConfig
     decode: bool = False
 
-    def _kernel(self, name, shape, names, fan_in):
-        init = nn.with_logical_partitioning(_dense_init(fan_in), names)
-        kernel = self.param(name, init, shape, self.cfg.weight_dtype)
-        return kernel.astype(self.cfg.compute_dtype)
-
     @nn.compact
     def __call__(self, x, positions, segment_ids):
         cfg = self.cfg
         # Explicit 3-D kernels (not DenseGeneral, which initialises a flat 2-D matrix and
         # so cannot carry three logical axis names under an active mesh).
         shape, names = (cfg.embed_dim, cfg.num_heads, cfg.head_dim), ("embed", "heads", "kv")
-        kernels = [self._kernel(n, shape, names, cfg.embed_dim) for n in ("query", "key", "value")]
+        kernels = [_weight(self, n, shape, names, cfg.embed_dim) for n in ("query", "key", "value")]
         # Positions index the row, or in decoding the cache (as long as `init`'s input).
         cache = self.get_variable("cache", "key") if self.decode and self.has_variable("cache", "key") else None
         num_positions = cache.shape[1] if cache is not None else x.shape[1]
@@ -392,8 +394,8 @@ class Attention(nn.Module):
 
     def _out_kernel(self):
         cfg = self.cfg
-        return self._kernel("out", (cfg.num_heads, cfg.head_dim, cfg.embed_dim), ("heads", "kv", "embed"),
-                            cfg.num_heads * cfg.head_dim)
+        return _weight(self, "out", (cfg.num_heads, cfg.head_dim, cfg.embed_dim), ("heads", "kv", "embed"),
+                       cfg.num_heads * cfg.head_dim)
 
     def _heads_first(self, x, kernels, tables, segment_ids):
         """Attention through the Pallas kernel, in its layout: q, k and v come out of their
@@ -439,8 +441,7 @@ class Kernel(nn.Module):
 
     @nn.compact
     def __call__(self):
-        init = nn.with_logical_partitioning(_dense_init(self.shape[0]), self.names)
-        return self.param("kernel", init, self.shape, self.cfg.weight_dtype).astype(self.cfg.compute_dtype)
+        return _weight(self, "kernel", self.shape, self.names, self.shape[0])
 
 
 class GatedMLP(nn.Module):
@@ -459,10 +460,10 @@ class GatedMLP(nn.Module):
             both = jnp.einsum("bld,tdm->tblm", x, jnp.stack([gate, up]))  # [2, batch, length, mlp]
             g, u = both[0], both[1]
         else:
-            g, u = (on_rows(lambda rows, w=w: rows @ w, x) for w in (gate, up))
+            g, u = project(x, gate, 1), project(x, up, 1)
         h = nn.with_logical_constraint(nn.silu(g) * u, (BATCH, LENGTH, ACT_MLP))
         down = Kernel(cfg, (cfg.mlp_dim, cfg.embed_dim), ("mlp", "embed"), name="down")()
-        return on_rows(lambda rows: rows @ down, h)
+        return project(h, down, 1)
 
 
 class Block(nn.Module):
