@@ -1,6 +1,7 @@
 """The transformer: shapes, causality, packed documents, logical axis names, options."""
 
 import dataclasses
+import math
 
 import flax.linen as nn
 import jax
@@ -144,3 +145,57 @@ def test_rotary_tables_are_exact_and_relative():
     assert score(40, 33) != pytest.approx(score(40, 34), rel=1e-3)
     # A position past the table is NaN, not a wrapped or clipped angle.
     assert np.isnan(rotary_tables(jnp.full((1, 1), rows, jnp.int32), head_dim, theta, rows)[0]).all()
+
+
+def test_the_norm_and_gated_product_backward_passes_match_autodiff():
+    """The hand-written VJPs against jax's autodiff of the plain formulas."""
+    from doremi_jax.models.transformer import gated_product, rms_norm
+
+    rng = np.random.default_rng(3)
+    x, w = (jnp.asarray(rng.normal(size=(2, 5, 16)), jnp.float32) for _ in range(2))
+    scale = jnp.asarray(rng.normal(size=16), jnp.float32)
+
+    def plain_norm(x, scale):
+        return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + 1e-6) * scale
+
+    def loss(norm):
+        return lambda x, scale: jnp.sum(w * norm(x, scale))
+
+    ours = jax.grad(loss(lambda x, s: rms_norm(x, s, 1e-6, jnp.float32)), (0, 1))(x, scale)
+    for a, b in zip(ours, jax.grad(loss(plain_norm), (0, 1))(x, scale)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    g, u = x, x[::-1] + 0.5
+    ours = jax.grad(lambda g, u: jnp.sum(w * gated_product(g, u)), (0, 1))(g, u)
+    for a, b in zip(ours, jax.grad(lambda g, u: jnp.sum(w * nn.silu(g) * u), (0, 1))(g, u)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # In bfloat16, the backward computes in float32: as close as bfloat16 holds it.
+    bf = [t.astype(jnp.bfloat16) for t in (g, u)]
+    ours = jax.grad(lambda g, u: jnp.sum(w * gated_product(g, u)), (0, 1))(*bf)
+    exact = jax.grad(lambda g, u: jnp.sum(w * nn.silu(g) * u), (0, 1))(*(t.astype(jnp.float32) for t in bf))
+    for a, b in zip(ours, exact):
+        assert a.dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.asarray(a, np.float32), b, rtol=2e-2, atol=2e-2)
+
+
+def test_a_layer_keeps_no_float32_copy_of_its_input_for_the_backward_pass(capsys):
+    """Without remat, a layer's backward pass reads what its forward pass saved. The norm
+    and the gated product keep only their inputs: nothing as wide as the model in float32
+    (jax's own backward of the norm kept two such copies per norm) and two arrays as wide
+    as the MLP besides the down projection's input (it kept five)."""
+    from jax import ad_checkpoint
+
+    from doremi_jax.models.transformer import Block
+
+    cfg = dataclasses.replace(CFG, dtype="bfloat16", mlp_dim=96)  # sizes no other array shares
+    block = Block(cfg)
+    x = jnp.ones((2, 8, cfg.embed_dim), jnp.bfloat16)  # 8 x 8 scores: not as many as 8 x embed_dim
+    positions = jnp.broadcast_to(jnp.arange(8), (2, 8))
+    segments = jnp.ones((2, 8), jnp.int32)
+    p = block.init(jax.random.PRNGKey(0), x, positions, segments)
+    ad_checkpoint.print_saved_residuals(lambda p, x: block.apply(p, x, positions, segments), p, x)
+    saved = capsys.readouterr().out.splitlines()
+    sizes = [(line.split("[")[0], math.prod(int(d) for d in line.split("[")[1].split("]")[0].split(",") if d))
+             for line in saved if "[" in line]
+    tokens = x.shape[0] * x.shape[1]
+    assert ("f32", tokens * cfg.embed_dim) not in sizes, "\n".join(saved)
+    assert sum(size == tokens * cfg.mlp_dim for _, size in sizes) <= 3, "\n".join(saved)

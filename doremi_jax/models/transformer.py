@@ -11,6 +11,7 @@ Inputs are packed: several documents per row, told apart by `segment_ids`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -174,9 +175,59 @@ class RMSNorm(nn.Module):
             (x.shape[-1],),
             self.cfg.weight_dtype,
         )
-        x32 = x.astype(jnp.float32)
-        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.cfg.norm_eps)
-        return (x32 * scale.astype(jnp.float32)).astype(self.cfg.compute_dtype)
+        return rms_norm(x, scale, self.cfg.norm_eps, self.cfg.compute_dtype)
+
+
+# The norm and the MLP's gated product with hand-written backward passes that keep only
+# their inputs (and the norm's reciprocal RMS, one number a row): differentiated by jax,
+# the norm keeps two float32 copies of its input for the backward pass and the gated
+# product three more arrays as wide as the MLP. Without remat they were most of a
+# 120M layer's memory (BENCHMARKS.md, fourteenth session); in float32 the results are
+# the same to rounding (tests/test_model.py).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def rms_norm(x, scale, eps, dtype):
+    """x / RMS(x) * scale, computed in float32, returned in `dtype`."""
+    return _rms_norm_fwd(x, scale, eps, dtype)[0]
+
+
+def _rms_norm_fwd(x, scale, eps, dtype):
+    x32 = x.astype(jnp.float32)
+    inv_rms = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (x32 * inv_rms * scale.astype(jnp.float32)).astype(dtype), (x, scale, inv_rms)
+
+
+def _rms_norm_bwd(eps, dtype, residuals, dy):
+    x, scale, inv_rms = residuals
+    normed = x.astype(jnp.float32) * inv_rms
+    dy = dy.astype(jnp.float32)
+    g = dy * scale.astype(jnp.float32)
+    dx = inv_rms * (g - normed * jnp.mean(g * normed, axis=-1, keepdims=True))
+    dscale = jnp.sum(dy * normed, axis=tuple(range(x.ndim - 1)))
+    return dx.astype(x.dtype), dscale.astype(scale.dtype)
+
+
+rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
+
+
+@jax.custom_vjp
+def gated_product(g, u):
+    """silu(g) * u, the gated MLP's hidden activation."""
+    return nn.silu(g) * u
+
+
+def _gated_product_fwd(g, u):
+    return gated_product(g, u), (g, u)
+
+
+def _gated_product_bwd(residuals, dh):
+    g, u = residuals
+    g32, u32, dh32 = g.astype(jnp.float32), u.astype(jnp.float32), dh.astype(jnp.float32)
+    sig = jax.nn.sigmoid(g32)
+    dg = dh32 * u32 * sig * (1.0 + g32 * (1.0 - sig))
+    return dg.astype(g.dtype), (dh32 * g32 * sig).astype(u.dtype)
+
+
+gated_product.defvjp(_gated_product_fwd, _gated_product_bwd)
 
 
 def rotary_tables(positions: jax.Array, head_dim: int, theta: float, num_positions: int):
@@ -461,7 +512,7 @@ class GatedMLP(nn.Module):
             g, u = both[0], both[1]
         else:
             g, u = project(x, gate, 1), project(x, up, 1)
-        h = nn.with_logical_constraint(nn.silu(g) * u, (BATCH, LENGTH, ACT_MLP))
+        h = nn.with_logical_constraint(gated_product(g, u), (BATCH, LENGTH, ACT_MLP))
         down = Kernel(cfg, (cfg.mlp_dim, cfg.embed_dim), ("mlp", "embed"), name="down")()
         return project(h, down, 1)
 
