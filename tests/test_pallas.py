@@ -128,8 +128,9 @@ def test_bad_pallas_settings_are_one_line_errors():
 
 
 def test_training_from_the_command_line_with_the_kernel(tmp_path, capsys):
-    """`python -m doremi_jax.train` on a written corpus with the interpreted kernel; the
-    TPU kernel on this CPU host is a one-line error before anything is written."""
+    """`python -m doremi_jax.train` on a written corpus with the interpreted kernel (and the
+    loss in vocabulary tiles); the TPU kernel on this CPU host is a one-line error before
+    anything is written."""
     from doremi_jax import cli
     from doremi_jax.train import __main__ as train_main
     from helpers import write_three_domain_corpus
@@ -146,8 +147,9 @@ def test_training_from_the_command_line_with_the_kernel(tmp_path, capsys):
     assert e.value.code == 1 and err.count("\n") == 1 and "'pallas' needs a TPU" in err, err
     assert not refused.exists() or not any(refused.iterdir())
     workdir = tmp_path / "run"
+    # With the loss in vocabulary tiles too (what the Pile experiments run on TPU).
     cli.main(train_main.run, [*args, "--gin.TransformerConfig.attention_implementation='pallas_interpret'",
-                              f"--workdir={workdir}"])
+                              "--gin.TransformerConfig.vocab_tiles=4", f"--workdir={workdir}"])
     run = json.load(open(workdir / "run.json"))
-    assert run["model"]["attention_implementation"] == "pallas_interpret"
+    assert run["model"]["attention_implementation"] == "pallas_interpret" and run["model"]["vocab_tiles"] == 4
     assert json.load(open(workdir / "summary.json"))["step"] == 2

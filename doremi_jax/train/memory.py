@@ -36,7 +36,8 @@ def memory_estimate(model_cfg: TransformerConfig, mesh, rules, optimizer: str, b
     block = model_cfg.attention_block_size or sequence_length
     scores = rows * model_cfg.num_heads / tensor * block * sequence_length * 4
     activations = model_cfg.num_layers * (rows * sequence_length * per_token * keep + scores * keep)
-    logits = rows * sequence_length * model_cfg.vocab_size / tensor * 4 * 2
+    # Logits and their gradient, float32; of one tile of the sequence when tiled.
+    logits = rows * sequence_length * model_cfg.vocab_size / tensor * 4 * 2 / model_cfg.vocab_tiles
     return {
         "params": param_bytes,
         "optimizer": param_bytes * (2.0 if optimizer == "adamw" else 0.1),
