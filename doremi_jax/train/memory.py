@@ -20,9 +20,12 @@ def memory_estimate(model_cfg: TransformerConfig, mesh, rules, optimizer: str, b
 
     Parameters are counted shard by shard from the rules; AdamW keeps two float32
     moments per parameter, Adafactor about one factored row and column (counted as 0.1).
-    Activations kept for the backward pass per layer and token: about 34·d + 5·mlp bytes
-    at 2-byte compute (the attention scores only within a block), less with remat; a
-    rough figure, meant to catch a configuration that cannot fit before a pod run.
+    Activations kept for the backward pass per layer and token, in units of the compute
+    dtype: without remat about 8·d + 3·mlp (the layer's input and middle, the norms'
+    outputs, q, k, v and attention's output; the MLP's gate, up and product: the norm and
+    gated product keep only their inputs), less with remat; the attention scores only
+    within a block. A rough figure, meant to catch a configuration that cannot fit before
+    a pod run.
     """
     abstract, _ = abstract_params(model_cfg, mesh, rules)
     param_bytes = sum(
@@ -31,11 +34,14 @@ def memory_estimate(model_cfg: TransformerConfig, mesh, rules, optimizer: str, b
     rows = batch_size / sharding.data_parallel_size(mesh)
     tensor = mesh.shape["tensor"]
     unit = jnp.dtype(model_cfg.dtype).itemsize
-    per_token = (17 * model_cfg.embed_dim + 2.5 * model_cfg.mlp_dim / tensor) * unit
-    keep = {"none": 1.0, "minimal": 0.5, "dots": 0.35, "full": 1.0 / 17}[model_cfg.remat_policy]
+    # (per embed_dim, per mlp_dim) kept per layer and token, by remat policy.
+    d_coef, mlp_coef = {"none": (8, 3), "minimal": (8.5, 1.25), "dots": (6, 0.875), "full": (1, 0.15)}[
+        model_cfg.remat_policy]
+    per_token = (d_coef * model_cfg.embed_dim + mlp_coef * model_cfg.mlp_dim / tensor) * unit
+    keep = {"none": 1.0, "minimal": 0.5, "dots": 0.35, "full": 1.0 / 17}[model_cfg.remat_policy]  # of the scores
     block = model_cfg.attention_block_size or sequence_length
     scores = rows * model_cfg.num_heads / tensor * block * sequence_length * 4
-    activations = model_cfg.num_layers * (rows * sequence_length * per_token * keep + scores * keep)
+    activations = model_cfg.num_layers * (rows * sequence_length * per_token + scores * keep)
     # Logits and their gradient, float32; of one tile of the sequence when tiled.
     logits = rows * sequence_length * model_cfg.vocab_size / tensor * 4 * 2 / model_cfg.vocab_tiles
     return {
