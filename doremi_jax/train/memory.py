@@ -24,8 +24,8 @@ def memory_estimate(model_cfg: TransformerConfig, mesh, rules, optimizer: str, b
     dtype: without remat about 8·d + 3·mlp (the layer's input and middle, the norms'
     outputs, q, k, v and attention's output; the MLP's gate, up and product: the norm and
     gated product keep only their inputs), less with remat; the attention scores only
-    within a block. A rough figure, meant to catch a configuration that cannot fit before
-    a pod run.
+    within a block, and none under a flash kernel. A rough figure, meant to catch a
+    configuration that cannot fit before a pod run.
     """
     abstract, _ = abstract_params(model_cfg, mesh, rules)
     param_bytes = sum(
@@ -41,6 +41,8 @@ def memory_estimate(model_cfg: TransformerConfig, mesh, rules, optimizer: str, b
     keep = {"none": 1.0, "minimal": 0.5, "dots": 0.35, "full": 1.0 / 17}[model_cfg.remat_policy]  # of the scores
     block = model_cfg.attention_block_size or sequence_length
     scores = rows * model_cfg.num_heads / tensor * block * sequence_length * 4
+    if model_cfg.attention_implementation != "xla":  # a flash kernel (cuDNN, Pallas) keeps none
+        scores = 0.0
     activations = model_cfg.num_layers * (rows * sequence_length * per_token + scores * keep)
     # Logits and their gradient, float32; of one tile of the sequence when tiled.
     logits = rows * sequence_length * model_cfg.vocab_size / tensor * 4 * 2 / model_cfg.vocab_tiles
