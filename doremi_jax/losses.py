@@ -4,7 +4,6 @@ evaluation share (below both, so that neither imports the other for them)."""
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from doremi_jax import dro
 
