@@ -35,7 +35,9 @@ def memory_estimate(model_cfg: TransformerConfig, mesh, rules, optimizer: str, b
     tensor = mesh.shape["tensor"]
     unit = jnp.dtype(model_cfg.dtype).itemsize
     # (per embed_dim, per mlp_dim) kept per layer and token, by remat policy.
-    d_coef, mlp_coef = {"none": (8, 3), "minimal": (8.5, 1.25), "dots": (6, 0.875), "full": (1, 0.15)}[
+    # 'dots' (jax's 'minimal' is the same policy) keeps the matmuls' outputs: q, k, v and
+    # the two projections back into the residual stream, gate and up, and the input.
+    d_coef, mlp_coef = {"none": (8, 3), "minimal": (6, 2), "dots": (6, 2), "full": (1, 0.15)}[
         model_cfg.remat_policy]
     per_token = (d_coef * model_cfg.embed_dim + mlp_coef * model_cfg.mlp_dim / tensor) * unit
     keep = {"none": 1.0, "minimal": 0.5, "dots": 0.35, "full": 1.0 / 17}[model_cfg.remat_policy]  # of the scores
