@@ -106,6 +106,16 @@ def test_memory_estimate_counts_shards_and_fails_early(tmp_path):
     split = memory.memory_estimate(big, sharding.make_mesh(sharding.MeshConfig(data=1, fsdp=4, tensor=2)), sharding.DEFAULT_RULES, "adamw", 8, 64, True)
     assert split["params"] < one["params"] / 6  # split 8 ways but for the small replicated norms
     assert split["activations"] < one["activations"]
+    # A flash kernel keeps no score matrix; vocabulary tiles keep one tile's logits.
+    mesh = sharding.make_mesh(sharding.MeshConfig(data=1), jax.devices()[:1])
+    flash = dataclasses.replace(big, attention_implementation="pallas_interpret")
+    tiled = dataclasses.replace(big, vocab_tiles=4)
+    base = memory.memory_estimate(big, mesh, DATA_PARALLEL_RULES, "adamw", 8, 64, False)["activations"]
+    scores = big.num_layers * 8 * big.num_heads * 64 * 64 * 4  # no remat: every layer's, float32
+    logits = 8 * 64 * big.vocab_size * 4 * 2
+    assert memory.memory_estimate(flash, mesh, DATA_PARALLEL_RULES, "adamw", 8, 64, False)["activations"] == base - scores
+    assert memory.memory_estimate(tiled, mesh, DATA_PARALLEL_RULES, "adamw", 8, 64, False)["activations"] == (
+        pytest.approx(base - logits * 3 / 4))
     with pytest.raises(loop.TrainingError, match="exceeds TrainConfig.device_memory_gib=0.0001"):
         loop.train(str(tmp_path / "oom"), model=TINY, config=loop.TrainConfig(train_steps=1, batch_size=8, sequence_length=64, device_memory_gib=0.0001))
     assert not (tmp_path / "oom" / "checkpoints").exists()

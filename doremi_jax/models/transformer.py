@@ -192,7 +192,7 @@ class RMSNorm(nn.Module):
 # the norm keeps two float32 copies of its input for the backward pass and the gated
 # product three more arrays as wide as the MLP. Without remat they were most of a
 # 120M layer's memory (BENCHMARKS.md, fourteenth session); in float32 the results are
-# the same to rounding (tests/test_model.py).
+# the same to rounding (tests/test_models.py).
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def rms_norm(x, scale, eps, dtype):
     """x / RMS(x) * scale, computed in float32, returned in `dtype`."""
